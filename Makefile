@@ -1,0 +1,33 @@
+# The whole set-up on a fresh machine: `make test`.  Everything lands in .venv.
+PYTHON ?= python3
+VENV   := .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.nomyo-installed
+SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h)
+
+.PHONY: test lint bench install clean
+
+$(PY):
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+
+# editable install: builds the cffi extension into src/nomyo; a failed C build is an error here
+$(STAMP): $(PY) $(SOURCES)
+	NOMYO_REQUIRE_EXTENSION=1 $(PY) -m pip install --quiet -e '.[test]'
+	touch $@
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(PY) -m ruff check src tests benchmarks csrc setup.py
+	$(PY) -m ruff format --check src tests benchmarks csrc setup.py
+	$(PY) -m mypy
+
+bench: $(STAMP)
+	$(PY) -m pytest benchmarks --benchmark-only --benchmark-sort=name --benchmark-columns=min,median,mean,ops,rounds
+
+clean:
+	rm -rf $(VENV) build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks

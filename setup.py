@@ -1,0 +1,53 @@
+"""Build the secure-memory extension (cffi, from csrc/) next to the package.
+
+Without a working C compiler the install still succeeds, without the
+extension: ``nomyo.memory`` then uses its pure-Python fallback and says at
+import what that loses.  ``NOMYO_REQUIRE_EXTENSION=1`` turns a failed build
+into an error instead (``make`` sets it, so our own venvs never fall back
+silently).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+from setuptools import setup
+from setuptools.command.build_ext import build_ext
+
+
+def _required() -> bool:
+    return os.environ.get("NOMYO_REQUIRE_EXTENSION", "") not in ("", "0")
+
+
+def _skip(what: str, exc: BaseException) -> None:
+    if _required():
+        raise exc
+    sys.stderr.write(
+        f"\nWARNING: nomyo's secure-memory extension was not built ({what}: {exc}).\n"
+        "nomyo will use its pure-Python fallback: secrets will not be locked in\n"
+        "memory, excluded from core dumps or fenced by guard pages. Install a C\n"
+        "compiler and the Python headers, then reinstall nomyo, to get them.\n\n"
+    )
+
+
+class OptionalBuildExt(build_ext):
+    """build_ext that lets the package install when the C build fails."""
+
+    def run(self) -> None:
+        try:
+            super().run()
+        except Exception as exc:  # noqa: BLE001 - any build failure means: fallback
+            _skip("build_ext", exc)
+
+    def build_extension(self, ext) -> None:  # type: ignore[no-untyped-def]
+        try:
+            super().build_extension(ext)
+        except Exception as exc:  # noqa: BLE001
+            _skip(ext.name, exc)
+
+
+setup(
+    cmdclass={"build_ext": OptionalBuildExt},
+    cffi_modules=["csrc/build.py:ffibuilder"],
+)
