@@ -18,8 +18,10 @@ $(STAMP): $(PY) $(SOURCES)
 
 install: $(STAMP)
 
+# the tests, then every benchmark body once (no timing): benchmarks must keep working
 test: $(STAMP)
 	$(PY) -m pytest
+	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 lint: $(STAMP)
 	$(PY) -m ruff check src tests benchmarks csrc setup.py

@@ -21,6 +21,7 @@ def _rel(name: str) -> str:
     except ValueError:
         return str(path)
 
+
 CDEF = """
 #define NOMYO_CANARY_BYTES ...
 #define NOMYO_GARBAGE_BYTE ...

@@ -116,9 +116,10 @@ static PyObject *region_close(RegionObject *self, PyObject *unused)
         Py_RETURN_NONE;
     self->closed = 1;
     if (self->region != NULL) {
-        nomyo_zero(self->region->data, self->region->size);
         if (self->exports == 0)
-            region_release_memory(self);
+            region_release_memory(self); /* nomyo_free zeroes the pages */
+        else
+            nomyo_zero(self->region->data, self->region->size); /* views stay */
     }
     Py_RETURN_NONE;
 }

@@ -46,7 +46,7 @@
 #define NOMYO_CANARY_BYTES 16
 #define NOMYO_GARBAGE_BYTE 0xdb
 #define NOMYO_CACHE_SLOTS 32
-#define NOMYO_CACHE_MAX_PAGES 256
+#define NOMYO_CACHE_MAX_PAGES 520 /* room for a 2 MiB-ish total, or one 1 MiB buffer */
 
 /* nomyo_alloc() flags */
 #define NOMYO_F_SECRET 1   /* data pages from memfd_secret */

@@ -9,15 +9,15 @@ Raises ImportError when the extension is missing or unusable, which
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any
 
 if sys.implementation.name != "cpython":  # pragma: no cover - CPython is what we build for
     raise ImportError("the native secure-memory backend needs CPython")
 
-from ._securemem import ffi, lib  # noqa: E402
+from ._securemem import ffi, lib
 
 
 @dataclass(frozen=True)

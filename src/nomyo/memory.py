@@ -24,6 +24,7 @@ when the kernel refuses to lock (a :class:`SecureMemoryWarning` says so).
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
 import struct
@@ -68,12 +69,28 @@ BACKEND: Literal["native", "python"] = "native" if _native is not None else "pyt
 _warned: set[str] = set()
 
 
+_PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
+
+
+def _outside_caller_level() -> int:
+    """The warnings stacklevel of the first frame outside the nomyo package."""
+    frame = sys._getframe(1)
+    level = 1
+    while frame is not None and (
+        frame.f_code.co_filename.startswith(_PACKAGE_DIR)
+        or frame.f_code.co_filename.startswith("<frozen importlib")
+    ):
+        frame = frame.f_back  # type: ignore[assignment]
+        level += 1
+    return level
+
+
 def _warn_once(cause: str, message: str) -> None:
-    """One SecureMemoryWarning per process and cause."""
+    """One SecureMemoryWarning per process and cause, shown at the caller's line."""
     if cause in _warned:
         return
     _warned.add(cause)
-    warnings.warn(message, SecureMemoryWarning, stacklevel=4)
+    warnings.warn(message, SecureMemoryWarning, stacklevel=_outside_caller_level())
 
 
 _FALLBACK_LOSES = (
@@ -270,19 +287,25 @@ class SecureBuffer:
     __hash__ = object.__hash__
 
 
-def _note_locking(buf: SecureBuffer, locked: bool, err: int, require_locked: bool) -> None:
-    if locked:
+def _note_locking(buf: SecureBuffer, require_locked: bool) -> None:
+    if buf.locked:
         return
+    err = buf._lock_errno  # type: ignore[attr-defined]
     if require_locked:
         buf.close()
-        raise SecurityError(_lock_refused_message(err).replace("secrets may be", "they would be"))
+        raise SecurityError(
+            "secure memory could not be locked and require_locked=True: "
+            + _lock_refused_message(err).removeprefix("nomyo could not lock secure memory ")
+        )
     _warn_once("mlock", _lock_refused_message(err))
 
 
 if _native is not None:
     _Region: Any = _native.Region
+    _S_LOCKED: int = _native.S_LOCKED
 else:
     _Region = object
+    _S_LOCKED = 0
 
 
 class _NativeBuffer(SecureBuffer, _Region):  # type: ignore[misc]
@@ -292,10 +315,9 @@ class _NativeBuffer(SecureBuffer, _Region):  # type: ignore[misc]
 
     @classmethod
     def _allocate(cls, size: int, secret_memory: bool, require_locked: bool) -> SecureBuffer:
-        self: _NativeBuffer | None = None
         if secret_memory:
             try:
-                self = _Region.__new__(cls, size, _native.F_SECRET)
+                buf: _NativeBuffer = _Region.__new__(cls, size, _native.F_SECRET)
             except OSError as exc:
                 _warn_once(
                     "memfd_secret",
@@ -304,11 +326,13 @@ class _NativeBuffer(SecureBuffer, _Region):  # type: ignore[misc]
                     "ordinary locked memory instead (memfd_secret needs Linux >= 5.14, "
                     "and on some kernels the secretmem.enable=1 boot option).",
                 )
-        if self is None:
-            self = _Region.__new__(cls, size, 0)
-        assert self is not None
-        _note_locking(self, self.locked, self._lock_errno, require_locked)
-        return self
+            else:
+                _note_locking(buf, require_locked)
+                return buf
+        buf = _Region.__new__(cls, size, 0)
+        if not buf._status & _S_LOCKED:
+            _note_locking(buf, require_locked)
+        return buf
 
     @property
     def address(self) -> int:
@@ -316,7 +340,7 @@ class _NativeBuffer(SecureBuffer, _Region):  # type: ignore[misc]
 
     @property
     def locked(self) -> bool:
-        return bool(self._status & _native.S_LOCKED)
+        return bool(self._status & _S_LOCKED)
 
     @property
     def secret_memory(self) -> bool:
@@ -326,14 +350,21 @@ class _NativeBuffer(SecureBuffer, _Region):  # type: ignore[misc]
     def closed(self) -> bool:
         return bool(self._closed)
 
-    def wipe(self) -> None:
-        self._wipe()
+    # straight to C: these sit on every request's path
+    if not TYPE_CHECKING and _native is not None:
+        wipe = _Region._wipe
+        close = _Region._close
+        fill_random = _Region._fill_random
+    else:
 
-    def close(self) -> None:
-        self._close()
+        def wipe(self) -> None:
+            self._wipe()
 
-    def fill_random(self) -> None:
-        self._fill_random()
+        def close(self) -> None:
+            self._close()
+
+        def fill_random(self) -> None:
+            self._fill_random()
 
 
 def _python_only(name: str) -> Any:
@@ -344,7 +375,7 @@ def _python_only(name: str) -> Any:
     return refused
 
 
-class _PythonBuffer(SecureBuffer, bytearray):
+class _PythonBuffer(SecureBuffer, bytearray):  # type: ignore[misc]
     """SecureBuffer over bytearray storage: zeroed on close, nothing more.
 
     The storage is an ordinary heap allocation: not locked, dumped with the
@@ -353,6 +384,7 @@ class _PythonBuffer(SecureBuffer, bytearray):
     """
 
     __slots__ = ("_is_closed",)
+    _is_closed: bool
 
     @classmethod
     def _allocate(cls, size: int, secret_memory: bool, require_locked: bool) -> SecureBuffer:
@@ -405,10 +437,9 @@ class _PythonBuffer(SecureBuffer, bytearray):
             return
         _zero_bytearray(self)
         self._is_closed = True
-        try:
-            bytearray.clear(self)  # give the zeroed storage back
-        except BufferError:
-            pass  # a memoryview still exists: it keeps the zeroed storage
+        # give the zeroed storage back, unless a memoryview still holds it
+        with contextlib.suppress(BufferError):
+            bytearray.clear(self)
 
     def fill_random(self) -> None:
         if self._is_closed:
@@ -426,11 +457,8 @@ class _PythonBuffer(SecureBuffer, bytearray):
             view.release()
 
     def __del__(self) -> None:
-        try:
+        with contextlib.suppress(Exception):  # interpreter shutdown
             _zero_bytearray(self)
-        except Exception:  # pragma: no cover - interpreter shutdown
-            pass
-
 
 
 # everything bytearray has that would copy, resize, compare or show the secret
@@ -586,7 +614,7 @@ def wipe(obj: object) -> int:
        Only call it on objects you own and will not use again: to the
        interpreter a wiped ``str`` is a different string from then on.
     """
-    return _wipe_object(obj, _TOP_REFS)
+    return int(_wipe_object(obj, _TOP_REFS))
 
 
 def _fresh_text() -> str:
@@ -595,7 +623,7 @@ def _fresh_text() -> str:
 
 def _probe_refs(obj: object) -> int:
     # must have the same shape as wipe(): one call with obj as first argument
-    return _refcount(obj, _TOP_REFS)
+    return int(_refcount(obj, _TOP_REFS))
 
 
 # pure-Python fallback of the in-place wipe (CPython: ctypes for str/bytes)
@@ -616,6 +644,8 @@ def _str_data(text: str) -> tuple[int, int]:
 # PyASCIIObject: ob_refcnt, ob_type, length, hash, then the state bit field
 # whose two lowest bits say "interned"; checked on known strings at import
 _STATE_OFFSET = 4 * struct.calcsize("P")
+# PyBytesObject and PyASCIIObject: ob_refcnt, ob_type, size, then the hash
+_HASH_OFFSET = 3 * struct.calcsize("P")
 
 
 def _interned_bits(text: str) -> int:
@@ -671,6 +701,8 @@ def _py_wipe(obj: object, max_refs: int, depth: int = 0) -> int:
         else:
             address, length = _str_data(obj)
             ctypes.memset(address, 0, length)
+        # both cache their hash right after the object header: recompute it
+        ctypes.c_ssize_t.from_address(id(obj) + _HASH_OFFSET).value = -1
         return 1
     total = 0
     if isinstance(obj, dict):
@@ -701,7 +733,6 @@ if _native is not None:
 else:
     _wipe_object = _py_wipe
     _refcount = _py_refcount
-
 
 
 def _calibrate_top() -> int:

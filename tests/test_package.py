@@ -1,0 +1,99 @@
+"""The public surface and the install paths."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from tests.conftest import ROOT
+
+import nomyo
+
+EXPECTED = {
+    "MemoryProtection",
+    "NomyoError",
+    "SecureBuffer",
+    "SecureMemoryWarning",
+    "SecurityError",
+    "__version__",
+    "protection",
+    "wipe",
+}
+
+
+def test_all_is_sorted_and_complete() -> None:
+    assert nomyo.__all__ == sorted(nomyo.__all__)
+    assert set(nomyo.__all__) == EXPECTED
+    for name in nomyo.__all__:
+        assert hasattr(nomyo, name), name
+
+
+def test_exception_tree() -> None:
+    assert issubclass(nomyo.SecurityError, nomyo.NomyoError)
+    assert issubclass(nomyo.SecureMemoryWarning, UserWarning)
+
+
+def test_version_matches_pyproject() -> None:
+    text = (ROOT / "pyproject.toml").read_text()
+    assert f'version = "{nomyo.__version__}"' in text
+
+
+def _pip_install(target: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
+    env.update(extra_env)
+    source = target.parent / "src-copy"
+    # install from a copy so the checkout's build/ and egg-info stay untouched
+    shutil.copytree(
+        ROOT,
+        source,
+        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.so", "*.egg-info", ".*cache"),
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),
+         str(source)],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        check=False,
+    )  # fmt: skip
+
+
+def _import_from(target: Path) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
+    env["PYTHONPATH"] = str(target)
+    return subprocess.run(
+        [sys.executable, "-c",
+         "import nomyo, nomyo.memory as m; print(m.__file__); print(nomyo.protection().backend)"],
+        capture_output=True, text=True, env=env, cwd="/", timeout=60, check=False,
+    )  # fmt: skip
+
+
+@pytest.mark.slow
+def test_pip_install_builds_the_extension(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    proc = _pip_install(target, {"NOMYO_REQUIRE_EXTENSION": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert list((target / "nomyo").glob("_securemem*.so"))
+    assert not list((target / "nomyo").glob("*.c")) and not (target / "csrc").exists()
+    assert (target / "nomyo" / "py.typed").exists()
+    shown = _import_from(target)
+    assert shown.returncode == 0, shown.stderr
+    where, backend = shown.stdout.split()
+    assert where.startswith(str(target)) and backend == "native"
+
+
+@pytest.mark.slow
+def test_install_without_a_c_compiler_still_works(tmp_path: Path) -> None:
+    target = tmp_path / "site"
+    proc = _pip_install(target, {"CC": "/bin/false", "LDSHARED": "/bin/false"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert not list((target / "nomyo").glob("_securemem*.so"))
+    shown = _import_from(target)
+    assert shown.returncode == 0, shown.stderr
+    assert shown.stdout.split()[1] == "python"
+    assert "SecureMemoryWarning" in shown.stderr and "not available" in shown.stderr
