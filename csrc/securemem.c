@@ -56,10 +56,6 @@ const int NOMYO_HAVE_MEMFD_SECRET =
     0;
 #endif
 
-#ifndef MAP_NORESERVE
-#define MAP_NORESERVE 0
-#endif
-
 static size_t page_size;
 static unsigned char canary[NOMYO_CANARY_BYTES];
 static volatile unsigned generation = 1;
@@ -333,8 +329,9 @@ nomyo_region *nomyo_alloc(size_t size, int flags)
     r = calloc(1, sizeof *r);
     if (r == NULL)
         return NULL;
-    /* reserve the whole range inaccessible, then open up the data pages */
-    base = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_NORESERVE, -1, 0);
+    /* reserve the whole range inaccessible, then open up the data pages
+     * (making them writable is what charges them to the commit limit) */
+    base = mmap(NULL, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (base == MAP_FAILED) {
         free(r);
         return NULL;
