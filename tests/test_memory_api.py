@@ -223,6 +223,24 @@ def test_wipe_zeroes_non_ascii_strings(parts: tuple[str, str]) -> None:
     assert len(text) == n and set(text) == {"\0"}
 
 
+@pytest.mark.skipif(sys.implementation.name != "cpython", reason="CPython's UTF-8 cache")
+def test_wipe_a_string_with_a_cached_utf8_copy() -> None:
+    import ctypes
+
+    text = fresh_text("naïve ", "secret")
+    as_utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    as_utf8.restype = ctypes.c_void_p
+    as_utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    cached = as_utf8(text, None)  # now the str also holds a UTF-8 copy
+    n = len(text.encode())
+    assert ctypes.string_at(cached, n) == "naïve secret".encode()  # positive control
+    neighbour = fresh_text("next ", "door")  # must survive: no write off target
+    assert wipe(text) == 1
+    assert text == "\0" * 12
+    assert ctypes.string_at(cached, n) == bytes(n)
+    assert neighbour == "next door"
+
+
 def test_wipe_zeroes_fresh_bytes() -> None:
     data = SECRET + bytes([1])
     data = bytes(bytearray(data))  # a fresh, unshared object

@@ -177,20 +177,6 @@ def test_capability_flags_are_read_once(native) -> None:  # type: ignore[no-unty
         caps.getrandom = False
 
 
-def test_wipe_clears_the_utf8_copy_of_a_string() -> None:
-    import nomyo
-
-    text = "".join(("naïve ", "secret"))
-    as_utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
-    as_utf8.restype = ctypes.c_void_p
-    as_utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
-    cached = as_utf8(text, None)  # CPython keeps this UTF-8 copy inside the str
-    n = len(text.encode())
-    assert ctypes.string_at(cached, n) == "naïve secret".encode()  # positive control
-    assert nomyo.wipe(text) == 1
-    assert ctypes.string_at(cached, n) == bytes(n)
-
-
 def test_no_stray_mappings_after_many_buffers(native) -> None:  # type: ignore[no-untyped-def]
     native.cache_trim()
     before = len(smaps())

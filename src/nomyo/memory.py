@@ -628,7 +628,10 @@ def _probe_refs(obj: object) -> int:
 
 # pure-Python fallback of the in-place wipe (CPython: ctypes for str/bytes)
 _BYTES_DATA_OFFSET = bytes.__basicsize__ - 1
-_ASCII_HEADER = sys.getsizeof("") - 1
+# header sizes of compact strings, from fresh strings that have no cached
+# UTF-8 copy (sys.getsizeof of an arbitrary str also counts that copy)
+_ASCII_HEADER = sys.getsizeof("".join(("a", "b"))) - 3
+_COMPACT_HEADER = sys.getsizeof("".join(("\u0100", "\u0101"))) - 3 * 2
 
 
 def _str_data(text: str) -> tuple[int, int]:
@@ -637,8 +640,7 @@ def _str_data(text: str) -> tuple[int, int]:
         return id(text) + _ASCII_HEADER, len(text)
     top = ord(max(text))
     kind = 1 if top < 0x100 else 2 if top < 0x10000 else 4
-    header = sys.getsizeof(text) - (len(text) + 1) * kind
-    return id(text) + header, len(text) * kind
+    return id(text) + _COMPACT_HEADER, len(text) * kind
 
 
 # PyASCIIObject: ob_refcnt, ob_type, length, hash, then the state bit field
@@ -669,6 +671,37 @@ def _state_offset_works() -> bool:
         return False
 
 
+def _utf8_copy_offset() -> int | None:
+    """Where a compact non-ASCII str keeps the pointer to its cached UTF-8
+    copy (after the ASCII header and utf8_length), verified on a probe."""
+    import ctypes
+
+    try:
+        as_utf8 = ctypes.pythonapi.PyUnicode_AsUTF8AndSize
+    except AttributeError:  # pragma: no cover
+        return None
+    as_utf8.restype = ctypes.c_void_p
+    as_utf8.argtypes = [ctypes.py_object, ctypes.c_void_p]
+    probe = "".join(("\u0100", "probe"))
+    cached = as_utf8(probe, None)
+    offset = _ASCII_HEADER + struct.calcsize("P")
+    if cached and ctypes.c_void_p.from_address(id(probe) + offset).value == cached:
+        return offset
+    return None  # pragma: no cover - an unknown layout: leave the copy alone
+
+
+def _zero_str(text: str) -> None:
+    import ctypes
+
+    address, length = _str_data(text)
+    ctypes.memset(address, 0, length)
+    if not text.isascii() and _UTF8_COPY_OFFSET is not None:
+        copy = ctypes.c_void_p.from_address(id(text) + _UTF8_COPY_OFFSET).value
+        size = ctypes.c_ssize_t.from_address(id(text) + _ASCII_HEADER).value
+        if copy and copy != address and size > 0:
+            ctypes.memset(copy, 0, size)
+
+
 def _py_refcount(obj: object, _unused: int) -> int:
     return sys.getrefcount(obj)
 
@@ -685,7 +718,7 @@ def _py_wipe(obj: object, max_refs: int, depth: int = 0) -> int:
         _zero_bytearray(obj)
         return 1
     if isinstance(obj, memoryview):
-        if obj.readonly or not obj.contiguous:
+        if obj.readonly or not obj.c_contiguous:
             return 0
         obj.cast("B")[:] = bytes(obj.nbytes)
         return 1
@@ -699,8 +732,7 @@ def _py_wipe(obj: object, max_refs: int, depth: int = 0) -> int:
         if isinstance(obj, bytes):
             ctypes.memset(id(obj) + _BYTES_DATA_OFFSET, 0, len(obj))
         else:
-            address, length = _str_data(obj)
-            ctypes.memset(address, 0, length)
+            _zero_str(obj)
         # both cache their hash right after the object header: recompute it
         ctypes.c_ssize_t.from_address(id(obj) + _HASH_OFFSET).value = -1
         return 1
@@ -726,6 +758,7 @@ def _py_count(obj: object, _unused: int) -> int:
 
 
 _CAN_ZERO_IMMUTABLE = _native is None and _state_offset_works()
+_UTF8_COPY_OFFSET = _utf8_copy_offset() if _CAN_ZERO_IMMUTABLE else None
 
 if _native is not None:
     _wipe_object = _native.wipe_object
