@@ -7,11 +7,14 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import json
 import os
 import pickle
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import nomyo
 from nomyo import SecureBuffer, SecurityError, protection, wipe
@@ -345,3 +348,51 @@ def test_wipe_ignores_other_types() -> None:
     assert wipe(12345678901234567890) == 0
     assert wipe(None) == 0
     assert wipe(3.5) == 0
+
+
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=5) | st.dictionaries(st.text(), inner, max_size=5),
+    max_leaves=30,
+)
+
+
+def _strings(obj: object) -> list[str]:
+    if isinstance(obj, str):
+        return [obj]
+    if isinstance(obj, dict):
+        return [s for v in obj.values() for s in _strings(v)]
+    if isinstance(obj, list):
+        return [s for v in obj for s in _strings(v)]
+    return []
+
+
+def _shape(obj: object) -> object:
+    """obj with every str replaced by its length: what a wipe must keep."""
+    if isinstance(obj, str):
+        return len(obj)
+    if isinstance(obj, dict):
+        return {k: _shape(v) for k, v in obj.items()}
+    if isinstance(obj, list):
+        return [_shape(v) for v in obj]
+    return obj
+
+
+@settings(max_examples=300, deadline=None)
+@given(json_values)
+def test_wipe_property_on_decoded_json(value: object) -> None:
+    original = json.dumps(value)
+    decoded = json.loads(original)  # fresh objects, as a decrypted answer would be
+    top_is_text = isinstance(decoded, str)
+    # count without keeping references: a second reference makes a str shared
+    expected = sum(len(s) >= 2 for s in _strings(decoded))
+    shape = _shape(decoded)
+    n = wipe(decoded)
+    if top_is_text:
+        # a str held by a variable: wiped when it is long enough
+        assert n == (1 if len(decoded) >= 2 else 0)
+    else:
+        assert n == expected
+        assert all(set(s) == {"\0"} for s in _strings(decoded) if len(s) >= 2)
+    assert _shape(decoded) == shape  # lengths, keys, numbers untouched
+    assert json.loads(original) == value  # the source is intact
