@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import os
 import resource
-import shutil
 import subprocess
 import sys
 import textwrap
@@ -26,6 +25,29 @@ def _no_core_dumps() -> None:
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
 
 
+# Runs first in an unprivileged child.  The interpreter starts as root and drops
+# to uid/gid 65534 itself: exec'ing as that user instead would not work with
+# interpreters installed where it cannot read (pyenv under a 0700 /root, which
+# then silently picks up another libpython).  Dropping from root to a non-zero
+# uid clears every capability, CAP_IPC_LOCK included; the child checks it did.
+_DROP = """
+import os, resource, sys
+resource.setrlimit(resource.RLIMIT_MEMLOCK, ({limit}, {limit}))
+# what the tests use from the standard library, loaded while it is readable
+import ctypes, errno, json, warnings
+import nomyo, nomyo.memory
+os.setgroups([])
+os.setresgid({uid}, {uid}, {uid})
+os.setresuid({uid}, {uid}, {uid})
+# a uid change makes a process non-dumpable; a user's own process is dumpable
+ctypes.CDLL(None, use_errno=True).prctl(4, 1, 0, 0, 0)  # PR_SET_DUMPABLE
+_status = dict(line.split(":", 1) for line in open("/proc/self/status") if ":" in line)
+assert os.getuid() == {uid} and int(_status["CapEff"], 16) == 0, "privileges not dropped"
+assert int(_status["CapPrm"], 16) == 0
+del _status
+"""
+
+
 def run_python(
     code: str,
     *,
@@ -35,27 +57,18 @@ def run_python(
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (this venv's), core dumps off.
 
-    With ``memlock`` (bytes) it runs as uid/gid 65534 with every capability
-    dropped and RLIMIT_MEMLOCK set to that value: what a normal user sees.
+    With ``memlock`` (bytes) the code runs as uid/gid 65534 with no
+    capabilities and RLIMIT_MEMLOCK set to that value: what a normal user
+    sees.
     """
-    cmd = [sys.executable, "-c", textwrap.dedent(code)]
+    code = textwrap.dedent(code)
     if memlock is not None:
-        cmd = [
-            "prlimit",
-            f"--memlock={memlock}:{memlock}",
-            "setpriv",
-            f"--reuid={UNPRIVILEGED_UID}",
-            f"--regid={UNPRIVILEGED_UID}",
-            "--clear-groups",
-            "--inh-caps=-all",
-            "--bounding-set=-all",
-            *cmd,
-        ]
+        code = _DROP.format(limit=memlock, uid=UNPRIVILEGED_UID) + code
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
     full_env.update(env or {})
     full_env["PYTHONDONTWRITEBYTECODE"] = "1"
     return subprocess.run(
-        cmd,
+        [sys.executable, "-c", code],
         capture_output=True,
         text=True,
         env=full_env,
@@ -67,11 +80,11 @@ def run_python(
 
 
 def can_drop_privileges() -> bool:
-    return os.geteuid() == 0 and bool(shutil.which("prlimit")) and bool(shutil.which("setpriv"))
+    return os.geteuid() == 0
 
 
 needs_root = pytest.mark.skipif(
-    not can_drop_privileges(), reason="needs root, prlimit and setpriv to act as a normal user"
+    not can_drop_privileges(), reason="needs root to act as a normal user (uid 65534)"
 )
 
 

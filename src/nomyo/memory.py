@@ -521,7 +521,7 @@ def _read_smaps() -> list[_Vma]:
     vmas: list[_Vma] = []
     start = end = locked = 0
     perms = ""
-    with open("/proc/self/smaps", encoding="ascii", errors="replace") as smaps:
+    with open("/proc/self/smaps", encoding="utf-8", errors="replace") as smaps:
         for line in smaps:
             head = line.split(None, 1)[0] if line.strip() else ""
             if "-" in head and ":" not in head:
