@@ -24,8 +24,8 @@ test: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-disable -q
 
 lint: $(STAMP)
-	$(PY) -m ruff check src tests benchmarks csrc setup.py
-	$(PY) -m ruff format --check src tests benchmarks csrc setup.py
+	$(PY) -m ruff check --no-cache src tests benchmarks csrc setup.py
+	$(PY) -m ruff format --no-cache --check src tests benchmarks csrc setup.py
 	$(PY) -m mypy
 
 bench: $(STAMP)

@@ -6,6 +6,7 @@ import json
 import sys
 
 import pytest
+
 from tests.conftest import ROOT, run_python
 
 

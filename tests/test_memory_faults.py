@@ -8,6 +8,7 @@ from __future__ import annotations
 import signal
 
 import pytest
+
 from tests.conftest import native_only, run_python
 
 pytestmark = native_only

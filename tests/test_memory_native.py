@@ -9,9 +9,9 @@ import os
 import signal
 
 import pytest
-from tests.conftest import mapping_at, native_only, smaps
 
 from nomyo import SecureBuffer, protection
+from tests.conftest import mapping_at, native_only, smaps
 
 pytestmark = native_only
 

@@ -9,9 +9,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from tests.conftest import ROOT
 
 import nomyo
+from tests.conftest import ROOT
 
 EXPECTED = {
     "MemoryProtection",
