@@ -409,11 +409,12 @@ static int canary_intact(const nomyo_region *r)
 
 static void capture(const nomyo_region *r)
 {
+    /* appends: every free while the hook is on, until the scratch area is full */
     size_t n = r->total - 2 * page_size;
-    if (n > debug_cap)
-        n = debug_cap;
-    memcpy(debug_dst, r->base + page_size, n);
-    debug_len = n;
+    if (n > debug_cap - debug_len)
+        n = debug_cap - debug_len;
+    memcpy(debug_dst + debug_len, r->base + page_size, n);
+    debug_len += n;
 }
 
 void nomyo_free(nomyo_region *r)

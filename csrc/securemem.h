@@ -89,8 +89,8 @@ int nomyo_forked(const nomyo_region *r);
 size_t nomyo_cache_trim(void);
 size_t nomyo_cache_pages(void);
 
-/* test hook: on every free, copy the data pages (after zeroing, or before
- * when before_zero is set) into dst, up to cap bytes; NULL turns it off */
+/* test hook: on every free, append the data pages (after zeroing, or before
+ * when before_zero is set) to dst, up to cap bytes in all; NULL turns it off */
 void nomyo_debug_capture(unsigned char *dst, size_t cap, int before_zero);
 size_t nomyo_debug_captured(void);
 

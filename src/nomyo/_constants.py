@@ -14,3 +14,26 @@ GARBAGE_BYTE = 0xDB
 
 #: how deep wipe() follows nested dict/list/tuple values
 WIPE_MAX_DEPTH = 200
+
+# ---- protocol 1.0 (../shared/PROTOCOL.md)
+PROTOCOL_VERSION = "1.0"
+PACKAGE_ALGORITHM = "hybrid-aes256-rsa4096"
+KEY_ALGORITHM = "RSA-OAEP-SHA256"
+PAYLOAD_ALGORITHM = "AES-256-GCM"
+AES_KEY_BYTES = 32
+NONCE_BYTES = 12
+TAG_BYTES = 16
+SECURITY_TIERS = ("standard", "high", "maximum")
+
+PUBLIC_KEY_PATH = "/pki/public_key"
+COMPLETION_PATH = "/v1/chat/secure_completion"
+
+#: largest request plaintext (the published client's cap, the server's 413 line)
+MAX_REQUEST_BYTES = 10 * 1024 * 1024
+
+# ---- the reference endpoint (nomyo serve)
+DEFAULT_SERVE_HOST = "127.0.0.1"
+DEFAULT_SERVE_PORT = 12434
+#: seconds to connect to / wait for an upstream model server
+UPSTREAM_CONNECT_TIMEOUT = 10.0
+UPSTREAM_READ_TIMEOUT = 600.0

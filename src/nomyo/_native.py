@@ -82,9 +82,9 @@ def cache_pages() -> int:
 
 @contextmanager
 def debug_capture(capacity: int, *, before_zero: bool = False) -> Iterator[Callable[[], bytes]]:
-    """Test hook: while active, every free copies its data pages into a scratch
-    area (after zeroing them, or before with ``before_zero``).  Yields a function
-    returning what the last free left there.  Never use outside tests."""
+    """Test hook: while active, every free appends its data pages to a scratch
+    area (after zeroing them, or before with ``before_zero``), up to ``capacity``
+    bytes.  Yields a function returning what was captured.  Tests only."""
     scratch = ffi.new("unsigned char[]", capacity)
     lib.nomyo_debug_capture(scratch, capacity, 1 if before_zero else 0)
 

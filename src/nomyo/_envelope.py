@@ -1,0 +1,173 @@
+"""The encrypted package of protocol 1.0 <-> its fields; pure: no crypto, no I/O.
+
+Decoding is strict, so a hostile peer gets exactly one answer, "malformed":
+the version and algorithm names must match exactly (no downgrade), every
+required field must be present with the right JSON type and no key may
+appear twice, base64 must be standard, padded and canonical, the nonce is
+``NONCE_BYTES``, the tag ``TAG_BYTES`` and the wrapped key exactly the
+recipient's modulus length.  Unknown extra fields are ignored.  Nothing
+here is secret: ciphertexts, nonces, tags and wrapped keys are public.
+"""
+
+from __future__ import annotations
+
+import binascii
+import json
+import sys
+from dataclasses import dataclass
+from typing import Any, Union
+
+from ._constants import (
+    KEY_ALGORITHM,
+    NONCE_BYTES,
+    PACKAGE_ALGORITHM,
+    PAYLOAD_ALGORITHM,
+    PROTOCOL_VERSION,
+    TAG_BYTES,
+)
+
+__all__ = ["MalformedPackage", "Package", "decode", "encode"]
+
+
+class MalformedPackage(ValueError):
+    """The bytes are not a well-formed protocol 1.0 package.
+
+    The message says which rule failed, for our own tests and logs; callers
+    facing a peer turn it into one opaque error.
+    """
+
+
+#: what encode() accepts for a field: any contiguous bytes-like object
+Bytes = Union[bytes, bytearray, memoryview]  # noqa: UP007 - a runtime alias on 3.10
+
+
+@dataclass(frozen=True)
+class Package:
+    """The fields of one package (decode() gives bytes; encode() takes any bytes-like)."""
+
+    ciphertext: Bytes
+    nonce: Bytes
+    tag: Bytes
+    wrapped_key: Bytes
+    processed_at: int | None = None
+
+    def __repr__(self) -> str:
+        return (
+            f"Package(ciphertext=<{len(self.ciphertext)} bytes>, nonce=<{len(self.nonce)}>, "
+            f"tag=<{len(self.tag)}>, wrapped_key=<{len(self.wrapped_key)}>, "
+            f"processed_at={self.processed_at!r})"
+        )
+
+
+def _b64(data: Bytes) -> str:
+    return binascii.b2a_base64(data, newline=False).decode("ascii")
+
+
+def encode(package: Package) -> bytes:
+    """The package as the UTF-8 JSON object the protocol sends."""
+    fields: dict[str, Any] = {
+        "version": PROTOCOL_VERSION,
+        "algorithm": PACKAGE_ALGORITHM,
+        "encrypted_payload": {
+            "ciphertext": _b64(package.ciphertext),
+            "nonce": _b64(package.nonce),
+            "tag": _b64(package.tag),
+        },
+        "encrypted_aes_key": _b64(package.wrapped_key),
+        "key_algorithm": KEY_ALGORITHM,
+        "payload_algorithm": PAYLOAD_ALGORITHM,
+    }
+    if package.processed_at is not None:
+        fields["processed_at"] = package.processed_at
+    return json.dumps(fields, separators=(",", ":")).encode("ascii")
+
+
+def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
+    result = dict(pairs)
+    if len(result) != len(pairs):
+        raise MalformedPackage("a key appears twice")
+    return result
+
+
+if sys.version_info >= (3, 11):
+
+    def _decode_alphabet(text: str) -> bytes:
+        return binascii.a2b_base64(text, strict_mode=True)
+
+else:  # pragma: no cover - 3.10 has no strict mode: check the alphabet first
+    import re
+
+    _ALPHABET = re.compile(r"[A-Za-z0-9+/]*={0,2}")
+
+    def _decode_alphabet(text: str) -> bytes:
+        if not _ALPHABET.fullmatch(text):
+            raise binascii.Error("not in the base64 alphabet")
+        return binascii.a2b_base64(text)
+
+
+def _unb64(text: str) -> bytes:
+    """Standard, padded, canonical base64 only: one text per byte string."""
+    raw = _decode_alphabet(text)
+    if len(text) != 4 * ((len(raw) + 2) // 3):
+        raise binascii.Error("excess characters or padding")
+    tail = len(raw) % 3 or 3
+    if raw and _b64(raw[-tail:]) != text[-4:]:
+        raise binascii.Error("non-zero padding bits")
+    return raw
+
+
+def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
+    if name not in obj:
+        raise MalformedPackage(f"missing field {name!r}")
+    value = obj[name]
+    if not isinstance(value, kind) or isinstance(value, bool) != (kind is bool):
+        raise MalformedPackage(f"field {name!r} must be a {kind.__name__}")
+    return value
+
+
+def _exact(obj: dict[str, Any], name: str, expected: str) -> None:
+    if _field(obj, name, str) != expected:
+        raise MalformedPackage(f"field {name!r} is not {expected!r}")
+
+
+def _bytes_field(obj: dict[str, Any], name: str, length: int | None) -> bytes:
+    text = _field(obj, name, str)
+    try:
+        raw = _unb64(text)
+    except (binascii.Error, ValueError) as exc:
+        raise MalformedPackage(f"field {name!r} is not standard base64") from exc
+    if length is not None and len(raw) != length:
+        raise MalformedPackage(f"field {name!r} must decode to {length} bytes")
+    return raw
+
+
+def decode(data: bytes | bytearray | memoryview | str, *, key_bytes: int) -> Package:
+    """Parse and check a package addressed to a key of ``key_bytes`` bytes.
+
+    :raises MalformedPackage: anything about it is off.
+    """
+    try:
+        obj = json.loads(data, object_pairs_hook=_unique_keys)  # type: ignore[arg-type]
+    except MalformedPackage:
+        raise
+    except (ValueError, TypeError, RecursionError) as exc:  # JSON, UTF-8, nesting
+        raise MalformedPackage("not a JSON object") from exc
+    if not isinstance(obj, dict):
+        raise MalformedPackage("not a JSON object")
+    _exact(obj, "version", PROTOCOL_VERSION)
+    _exact(obj, "algorithm", PACKAGE_ALGORITHM)
+    _exact(obj, "key_algorithm", KEY_ALGORITHM)
+    _exact(obj, "payload_algorithm", PAYLOAD_ALGORITHM)
+    payload = _field(obj, "encrypted_payload", dict)
+    processed_at = obj.get("processed_at")
+    if processed_at is not None and (
+        not isinstance(processed_at, int) or isinstance(processed_at, bool)
+    ):
+        raise MalformedPackage("field 'processed_at' must be an int")
+    return Package(
+        ciphertext=_bytes_field(payload, "ciphertext", None),
+        nonce=_bytes_field(payload, "nonce", NONCE_BYTES),
+        tag=_bytes_field(payload, "tag", TAG_BYTES),
+        wrapped_key=_bytes_field(obj, "encrypted_aes_key", key_bytes),
+        processed_at=processed_at,
+    )

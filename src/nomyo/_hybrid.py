@@ -1,0 +1,179 @@
+"""AES-256-GCM + RSA-OAEP-SHA256 over secure buffers; the only importer of
+cryptography's ciphers.
+
+Sealing: a fresh AES key is drawn straight into a SecureBuffer, the plaintext
+is read from a SecureBuffer, the key is wrapped to the recipient with
+RSA-OAEP (cryptography wants it as ``bytes`` there: that one transient copy
+is wiped right after).  Opening: the unwrapped key goes into a SecureBuffer
+(its ``bytes`` from RSA decryption wiped at once) and the plaintext is
+decrypted into a SecureBuffer, zeroed again if the tag does not verify.
+Every failure to open is one opaque :class:`~nomyo.SecurityError`.
+
+Not protected here: the key schedules and buffers inside OpenSSL (freed and
+cleansed by OpenSSL itself), and the public ciphertext.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+from cryptography.exceptions import InvalidTag
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+from ._constants import AES_KEY_BYTES, NONCE_BYTES, TAG_BYTES
+from ._envelope import MalformedPackage, Package, decode, encode
+from ._exceptions import SecurityError
+from .memory import SecureBuffer, wipe
+
+__all__ = ["OPEN_FAILED", "open_json", "open_package", "seal", "seal_json", "serialize"]
+
+_OAEP = padding.OAEP(
+    mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
+)
+
+#: the one message of every failure to open a package
+OPEN_FAILED = "the encrypted package failed authentication"
+
+
+def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
+    raw = bytes(memoryview(key))  # RSA encryption takes bytes only
+    try:
+        return recipient.encrypt(raw, _OAEP)
+    finally:
+        wipe(raw)
+
+
+def seal(
+    plaintext: SecureBuffer | bytes | bytearray | memoryview,
+    recipient: rsa.RSAPublicKey,
+    *,
+    processed_at: int | None = None,
+) -> bytes:
+    """Encrypt ``plaintext`` into a package only ``recipient``'s private key opens.
+
+    A new AES key and nonce every call.  The plaintext is read in place.
+    """
+    view = memoryview(plaintext)
+    sealed = bytearray(view.nbytes + TAG_BYTES)
+    with SecureBuffer(AES_KEY_BYTES) as key:
+        key.fill_random()
+        nonce = os.urandom(NONCE_BYTES)
+        cipher = AESGCM(memoryview(key))
+        cipher.encrypt_into(nonce, view, None, sealed)
+        del cipher  # it holds a view of the key: let go before the key closes
+        wrapped = _wrap_key(key, recipient)
+    view.release()
+    out = memoryview(sealed)
+    return encode(
+        Package(
+            ciphertext=out[:-TAG_BYTES],
+            nonce=nonce,
+            tag=out[-TAG_BYTES:],
+            wrapped_key=wrapped,
+            processed_at=processed_at,
+        )
+    )
+
+
+def _modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
+    return (private_key.key_size + 7) // 8
+
+
+def open_package(
+    data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey
+) -> SecureBuffer:
+    """Decrypt a package addressed to ``private_key`` into a new SecureBuffer.
+
+    The caller owns (and must close) the buffer.
+
+    :raises nomyo.SecurityError: the package is malformed, not for this key,
+        or fails authentication; the message never says which.
+    """
+    try:
+        package = decode(data, key_bytes=_modulus_bytes(private_key))
+    except MalformedPackage as exc:
+        raise SecurityError(OPEN_FAILED) from exc
+    key = SecureBuffer(AES_KEY_BYTES)
+    try:
+        try:
+            raw = private_key.decrypt(bytes(package.wrapped_key), _OAEP)
+        except ValueError as exc:
+            raise SecurityError(OPEN_FAILED) from exc
+        try:
+            if len(raw) != AES_KEY_BYTES:
+                raise SecurityError(OPEN_FAILED)
+            memoryview(key)[:] = raw
+        finally:
+            wipe(raw)
+        sealed = bytes(package.ciphertext) + bytes(package.tag)
+        plain = SecureBuffer(len(package.ciphertext))
+        cipher = AESGCM(memoryview(key))
+        try:
+            cipher.decrypt_into(package.nonce, sealed, None, memoryview(plain))
+        except InvalidTag as exc:
+            plain.close()  # may hold unauthenticated plaintext
+            raise SecurityError(OPEN_FAILED) from exc
+        finally:
+            del cipher
+        return plain
+    finally:
+        key.close()
+
+
+def serialize(obj: Any) -> SecureBuffer:
+    """``obj`` as compact UTF-8 JSON in a new SecureBuffer (caller closes it).
+
+    The str and bytes json and UTF-8 encoding make on the way are wiped.
+
+    :raises TypeError, ValueError: ``obj`` is not JSON-serializable (NaN included).
+    """
+    text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
+    try:
+        encoded = text.encode("utf-8")
+    finally:
+        wipe(text)
+    try:
+        buf = SecureBuffer(len(encoded))
+        memoryview(buf)[:] = encoded
+        return buf
+    finally:
+        wipe(encoded)
+
+
+def seal_json(obj: Any, recipient: rsa.RSAPublicKey, *, processed_at: int | None = None) -> bytes:
+    """Serialize ``obj`` into secure memory and seal it to ``recipient``."""
+    with serialize(obj) as buf:
+        return seal(buf, recipient, processed_at=processed_at)
+
+
+def parse(buf: SecureBuffer) -> Any:
+    """The JSON value in ``buf``; the decoded text is wiped after parsing.
+
+    :raises nomyo.SecurityError: not UTF-8 JSON (the message says no more).
+    """
+    try:
+        text = str(memoryview(buf), "utf-8")
+    except UnicodeDecodeError as exc:
+        raise SecurityError("the decrypted payload is not valid JSON") from exc
+    try:
+        return json.loads(text)
+    except (ValueError, RecursionError) as exc:
+        raise SecurityError("the decrypted payload is not valid JSON") from exc
+    finally:
+        wipe(text)
+
+
+def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey) -> Any:
+    """Open a package and parse its JSON plaintext; the plaintext never
+    exists outside secure memory except as the returned objects."""
+    with open_package(data, private_key) as buf:
+        return parse(buf)
+
+
+def package_processed_at(data: bytes | bytearray | memoryview | str, key_bytes: int) -> int | None:
+    """The package's ``processed_at`` (after it has been opened successfully)."""
+    return decode(data, key_bytes=key_bytes).processed_at

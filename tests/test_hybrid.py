@@ -1,0 +1,197 @@
+"""Seal and open: round trips both ways, tampering refused, transients wiped."""
+
+from __future__ import annotations
+
+import base64
+import json
+from typing import Any
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from nomyo import SecureBuffer, SecurityError, _hybrid
+from nomyo._envelope import decode
+from tests.conftest import native_only
+
+REQUEST = {
+    "model": "echo",
+    "messages": [{"role": "user", "content": "Befund: Patientin 4711, Verdacht auf …"}],
+    "temperature": 0.2,
+}
+
+
+@pytest.fixture(scope="module")
+def router_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 4096)
+
+
+@pytest.fixture(scope="module")
+def client_key() -> rsa.RSAPrivateKey:
+    return rsa.generate_private_key(65537, 2048)
+
+
+def test_request_and_response_round_trip(
+    router_key: rsa.RSAPrivateKey, client_key: rsa.RSAPrivateKey
+) -> None:
+    # client -> router, to the router's 4096-bit key
+    sealed = _hybrid.seal_json(REQUEST, router_key.public_key())
+    assert _hybrid.open_json(sealed, router_key) == REQUEST
+    # router -> client, to the key in X-Public-Key, with processed_at
+    answer = {"id": "chatcmpl-1", "choices": [{"message": {"content": "ok"}}]}
+    sealed = _hybrid.seal_json(answer, client_key.public_key(), processed_at=1700000000)
+    assert _hybrid.open_json(sealed, client_key) == answer
+    assert decode(sealed, key_bytes=256).processed_at == 1700000000
+
+
+def test_open_package_returns_secure_memory(client_key: rsa.RSAPrivateKey) -> None:
+    sealed = _hybrid.seal(b"raw plaintext", client_key.public_key())
+    with _hybrid.open_package(sealed, client_key) as plain:
+        assert isinstance(plain, SecureBuffer)
+        assert bytes(memoryview(plain)) == b"raw plaintext"
+
+
+def test_fresh_key_and_nonce_every_time(client_key: rsa.RSAPrivateKey) -> None:
+    first = decode(_hybrid.seal(b"same", client_key.public_key()), key_bytes=256)
+    second = decode(_hybrid.seal(b"same", client_key.public_key()), key_bytes=256)
+    assert first.nonce != second.nonce
+    assert first.wrapped_key != second.wrapped_key
+    assert first.ciphertext != second.ciphertext
+
+
+def test_empty_plaintext(client_key: rsa.RSAPrivateKey) -> None:
+    with _hybrid.open_package(_hybrid.seal(b"", client_key.public_key()), client_key) as plain:
+        assert len(plain) == 0
+
+
+def test_wrong_recipient(client_key: rsa.RSAPrivateKey, router_key: rsa.RSAPrivateKey) -> None:
+    other = rsa.generate_private_key(65537, 2048)
+    sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
+    with pytest.raises(SecurityError, match="failed authentication"):
+        _hybrid.open_json(sealed, other)
+    with pytest.raises(SecurityError, match="failed authentication"):
+        _hybrid.open_json(sealed, router_key)  # a key of another size
+
+
+json_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=25,
+)
+
+
+@settings(
+    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(json_values)
+def test_open_of_seal_is_identity(client_key: rsa.RSAPrivateKey, value: Any) -> None:
+    sealed = _hybrid.seal_json(value, client_key.public_key())
+    assert _hybrid.open_json(sealed, client_key) == value
+
+
+def _flip(b64: str, bit: int) -> str:
+    raw = bytearray(base64.b64decode(b64))
+    raw[(bit // 8) % len(raw)] ^= 1 << (bit % 8)
+    return base64.b64encode(bytes(raw)).decode()
+
+
+TAMPERS = {
+    "ciphertext": lambda obj, bit: obj["encrypted_payload"].update(
+        ciphertext=_flip(obj["encrypted_payload"]["ciphertext"], bit)
+    ),
+    "nonce": lambda obj, bit: obj["encrypted_payload"].update(
+        nonce=_flip(obj["encrypted_payload"]["nonce"], bit)
+    ),
+    "tag": lambda obj, bit: obj["encrypted_payload"].update(
+        tag=_flip(obj["encrypted_payload"]["tag"], bit)
+    ),
+    "wrapped_key": lambda obj, bit: obj.update(
+        encrypted_aes_key=_flip(obj["encrypted_aes_key"], bit)
+    ),
+    "version": lambda obj, bit: obj.update(version="1." + str(bit % 9 + 1)),
+    "algorithm": lambda obj, bit: obj.update(algorithm="hybrid-aes256-rsa" + str(bit)),
+    "key_algorithm": lambda obj, bit: obj.update(key_algorithm="RSA-OAEP-SHA1"),
+    "payload_algorithm": lambda obj, bit: obj.update(payload_algorithm="AES-256-CBC"),
+    "drop_field": lambda obj, bit: obj.pop(sorted(obj)[bit % len(obj)]),
+    "ciphertext_type": lambda obj, bit: obj["encrypted_payload"].update(ciphertext=bit),
+}
+
+
+@settings(
+    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(field=st.sampled_from(sorted(TAMPERS)), bit=st.integers(min_value=0, max_value=8 * 4096))
+def test_every_single_field_tamper_is_refused(
+    client_key: rsa.RSAPrivateKey, field: str, bit: int
+) -> None:
+    sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
+    assert _hybrid.open_json(sealed, client_key) == REQUEST  # the control
+    obj = json.loads(sealed)
+    TAMPERS[field](obj, bit)
+    with pytest.raises(SecurityError) as refused:
+        _hybrid.open_json(json.dumps(obj).encode(), client_key)
+    assert str(refused.value) == _hybrid.OPEN_FAILED  # one message, no oracle
+
+
+@settings(
+    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.data())
+def test_every_truncation_is_refused(client_key: rsa.RSAPrivateKey, data: st.DataObject) -> None:
+    sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
+    cut = data.draw(st.integers(min_value=0, max_value=len(sealed) - 1))
+    with pytest.raises(SecurityError):
+        _hybrid.open_json(sealed[:cut], client_key)
+
+
+def test_non_json_plaintext_is_a_security_error(client_key: rsa.RSAPrivateKey) -> None:
+    for plaintext in (b"\xff\xfe not utf-8", b"{not json", b"[" * 100_000):
+        sealed = _hybrid.seal(plaintext, client_key.public_key())
+        with pytest.raises(SecurityError, match="not valid JSON"):
+            _hybrid.open_json(sealed, client_key)
+
+
+def test_transient_copies_are_really_wiped(
+    monkeypatch: pytest.MonkeyPatch, client_key: rsa.RSAPrivateKey
+) -> None:
+    """Every str/bytes the code has to make is zeroed: wipe() returned 1 for
+    each, which it only does for an object nothing else refers to."""
+    from nomyo import memory
+
+    seen: list[tuple[str, int]] = []
+
+    def spy(obj: object) -> int:
+        # this extra frame holds one more reference than wipe() itself sees
+        n = memory._wipe_object(obj, memory._TOP_REFS + 1)
+        seen.append((type(obj).__name__, n))
+        return n
+
+    monkeypatch.setattr(_hybrid, "wipe", spy)
+    sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
+    assert seen == [("str", 1), ("bytes", 1), ("bytes", 1)]  # JSON text, UTF-8, raw AES key
+    seen.clear()
+    assert _hybrid.open_json(sealed, client_key) == REQUEST
+    assert seen == [("bytes", 1), ("str", 1)]  # unwrapped AES key, decoded JSON text
+
+
+@native_only
+def test_unauthenticated_plaintext_is_zeroed(client_key: rsa.RSAPrivateKey) -> None:
+    from nomyo import _native
+
+    secret = b"unauthenticated plaintext " * 8
+    obj = json.loads(_hybrid.seal(secret, client_key.public_key()))
+    obj["encrypted_payload"]["tag"] = _flip(obj["encrypted_payload"]["tag"], 3)
+    tampered = json.dumps(obj).encode()
+    for before_zero in (True, False):
+        with _native.debug_capture(1 << 16, before_zero=before_zero) as captured:
+            with pytest.raises(SecurityError):
+                _hybrid.open_json(tampered, client_key)
+            pages = captured()
+        # the capture holds every buffer freed meanwhile: before zeroing, the
+        # plaintext buffer held the unauthenticated text; after, nothing is left
+        assert (secret in pages) is before_zero
