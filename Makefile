@@ -32,4 +32,4 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-sort=name --benchmark-columns=min,median,mean,ops,rounds
 
 clean:
-	rm -rf $(VENV) build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks

@@ -9,13 +9,17 @@ import resource
 import subprocess
 import sys
 import textwrap
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import trustme
+from cryptography.hazmat.primitives.asymmetric import rsa
 
+from nomyo import _keys
 from nomyo.memory import BACKEND
+from tests.servers import API_KEY, Endpoint, start_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPRIVILEGED_UID = 65534
@@ -124,3 +128,44 @@ def mapping_at(address: int) -> Mapping_:
 
 
 native_only = pytest.mark.skipif(BACKEND != "native", reason="native backend only")
+
+
+# ---------------------------------------------------------------- servers (tests/servers.py)
+
+
+@pytest.fixture(scope="session")
+def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("tls")
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    return paths
+
+
+@pytest.fixture(scope="session")
+def router_key_file(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, rsa.RSAPrivateKey]:
+    key = _keys.generate_private_key(4096)
+    path = tmp_path_factory.mktemp("router") / "router.pem"
+    _keys.save_private_key(key, path, password="router key password")
+    return path, key
+
+
+@pytest.fixture(scope="session")
+def server(
+    tls: dict[str, Path],
+    router_key_file: tuple[Path, rsa.RSAPrivateKey],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Endpoint]:
+    endpoint = start_server(
+        tls, router_key_file, tmp_path_factory.mktemp("serve"), "--api-key", API_KEY
+    )
+    yield endpoint
+    stop(endpoint)
+
+
+@pytest.fixture(scope="session")
+def client_key() -> rsa.RSAPrivateKey:
+    return _keys.generate_private_key(2048)

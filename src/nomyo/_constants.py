@@ -31,6 +31,14 @@ COMPLETION_PATH = "/v1/chat/secure_completion"
 #: largest request plaintext (the published client's cap, the server's 413 line)
 MAX_REQUEST_BYTES = 10 * 1024 * 1024
 
+# ---- RSA keys
+#: size of keys nomyo generates, and the smallest it accepts
+DEFAULT_KEY_BITS = 4096
+MIN_KEY_BITS = 2048
+PUBLIC_EXPONENT = 65537
+#: a key file larger than this is not a key file
+MAX_KEY_FILE_BYTES = 1024 * 1024
+
 # ---- the reference endpoint (nomyo serve)
 DEFAULT_SERVE_HOST = "127.0.0.1"
 DEFAULT_SERVE_PORT = 12434

@@ -1,5 +1,5 @@
-"""AES-256-GCM + RSA-OAEP-SHA256 over secure buffers; the only importer of
-cryptography's ciphers.
+"""AES-256-GCM + RSA-OAEP-SHA256 over secure buffers; the only module that
+encrypts or decrypts (``_keys`` only makes, stores and loads keys).
 
 Sealing: a fresh AES key is drawn straight into a SecureBuffer, the plaintext
 is read from a SecureBuffer, the key is wrapped to the recipient with

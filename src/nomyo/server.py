@@ -1,0 +1,371 @@
+"""The reference NOMYO endpoint: protocol 1.0 over HTTP(S) with Starlette;
+answers with the built-in echo model or forwards to an OpenAI-compatible
+upstream, and never logs or returns a secret.
+
+::
+
+    GET  /pki/public_key             the router's public key, PEM
+    POST /v1/chat/secure_completion  package -> open -> backend -> seal to X-Public-Key
+
+Every error is JSON ``{"detail": ...}``: 400 for anything malformed (one
+generic detail per class of problem, never which check failed), 401 for a
+missing or wrong API key when keys are configured, 413 for a request over
+``MAX_REQUEST_BYTES`` of plaintext, 502/503/504 when the upstream fails.
+
+Needs the ``server`` extra (``pip install nomyo[server]``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import json
+import logging
+import time
+import urllib.parse
+import uuid
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+from starlette.applications import Starlette
+from starlette.concurrency import run_in_threadpool
+from starlette.exceptions import HTTPException
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import _hybrid, _keys
+from ._constants import (
+    COMPLETION_PATH,
+    MAX_REQUEST_BYTES,
+    PUBLIC_KEY_PATH,
+    SECURITY_TIERS,
+    UPSTREAM_CONNECT_TIMEOUT,
+    UPSTREAM_READ_TIMEOUT,
+)
+from ._exceptions import SecurityError
+from .memory import wipe
+
+__all__ = ["ServerConfig", "create_app"]
+
+log = logging.getLogger("nomyo.server")
+
+#: the largest package body: base64 of the largest plaintext, plus the JSON around it
+MAX_BODY_BYTES = (MAX_REQUEST_BYTES + 2) // 3 * 4 + 8192
+MAX_PAYLOAD_ID_CHARS = 128
+ECHO_MAX_CHOICES = 16
+
+_INVALID_PACKAGE = "invalid encrypted package"
+_INVALID_REQUEST = "invalid chat completion request"
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """What one endpoint serves with.
+
+    :ivar private_key: the router's RSA key (requests are sealed to it).
+    :ivar api_keys: accepted bearer tokens; empty means no authentication.
+    :ivar upstream: base URL of an OpenAI-compatible server, or None for echo.
+    :ivar upstream_api_key: bearer token for the upstream.
+    """
+
+    private_key: rsa.RSAPrivateKey
+    api_keys: tuple[str, ...] = ()
+    upstream: str | None = None
+    upstream_api_key: str | None = field(default=None, repr=False)
+
+    def __repr__(self) -> str:
+        return (
+            f"ServerConfig(key={_keys.fingerprint(self.private_key)}, "
+            f"api_keys=<{len(self.api_keys)}>, upstream={self.upstream!r})"
+        )
+
+
+class _Refused(Exception):
+    def __init__(self, status: int, detail: str) -> None:
+        super().__init__(detail)
+        self.status = status
+        self.detail = detail
+
+
+def _error(status: int, detail: str) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status)
+
+
+def _check_api_key(request: Request, api_keys: Sequence[str]) -> None:
+    if not api_keys:
+        return
+    header = request.headers.get("authorization", "")
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token:
+        raise _Refused(401, "missing API key")
+    # compare with every key, so the time does not say which one nearly matched
+    matched = False
+    for key in api_keys:
+        matched |= hmac.compare_digest(token.encode(), key.encode())
+    if not matched:
+        raise _Refused(401, "invalid API key")
+
+
+def _payload_id(request: Request) -> str:
+    value = request.headers.get("x-payload-id", "")
+    if not value or len(value) > MAX_PAYLOAD_ID_CHARS or not value.isprintable():
+        raise _Refused(400, "missing or invalid X-Payload-ID")
+    return value
+
+
+def _client_key(request: Request) -> rsa.RSAPublicKey:
+    quoted = request.headers.get("x-public-key", "")
+    try:
+        return _keys.load_public_key(urllib.parse.unquote(quoted, errors="strict"))
+    except (ValueError, SecurityError, UnicodeDecodeError) as exc:
+        raise _Refused(400, "missing or invalid X-Public-Key") from exc
+
+
+def _tier(request: Request) -> str | None:
+    tier = request.headers.get("x-security-tier")
+    if tier is not None and tier not in SECURITY_TIERS:
+        raise _Refused(400, "unknown security tier")
+    return tier
+
+
+async def _read_body(request: Request) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared is not None:
+        if not declared.isdigit():
+            raise _Refused(400, "invalid Content-Length")
+        if int(declared) > MAX_BODY_BYTES:
+            raise _Refused(413, "request too large")
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > MAX_BODY_BYTES:
+            raise _Refused(413, "request too large")
+    return bytes(body)
+
+
+def _open_request(body: bytes, private_key: rsa.RSAPrivateKey) -> dict[str, Any]:
+    try:
+        with _hybrid.open_package(body, private_key) as plain:
+            if len(plain) > MAX_REQUEST_BYTES:
+                raise _Refused(413, "request too large")
+            request = _hybrid.parse(plain)
+    except SecurityError as exc:
+        raise _Refused(400, _INVALID_PACKAGE) from exc
+    if not _is_chat_request(request):
+        wipe(request)
+        raise _Refused(400, _INVALID_REQUEST)
+    return request  # type: ignore[no-any-return]
+
+
+def _is_chat_request(obj: Any) -> bool:
+    if not isinstance(obj, dict):
+        return False
+    model, messages = obj.get("model"), obj.get("messages")
+    if not isinstance(model, str) or not model or not isinstance(messages, list) or not messages:
+        return False
+    if obj.get("stream", False) is not False:
+        return False
+    return all(
+        isinstance(m, dict) and isinstance(m.get("role"), str) and "content" in m for m in messages
+    )
+
+
+# ---------------------------------------------------------------- the echo model
+
+
+def _text_of(content: Any) -> str:
+    if isinstance(content, str):
+        return content
+    if isinstance(content, list):  # OpenAI content parts
+        return "".join(
+            part.get("text", "")
+            for part in content
+            if isinstance(part, dict) and isinstance(part.get("text"), str)
+        )
+    return ""
+
+
+def _words(text: str) -> int:
+    return len(text.split())
+
+
+def _echo_tool_call(request: dict[str, Any], text: str) -> list[dict[str, Any]] | None:
+    tools = request.get("tools")
+    choice = request.get("tool_choice", "auto")
+    if not isinstance(tools, list) or not tools or choice == "none":
+        return None
+    name = None
+    if isinstance(choice, dict):
+        name = (choice.get("function") or {}).get("name")
+    if not isinstance(name, str):
+        first = tools[0] if isinstance(tools[0], dict) else {}
+        name = (first.get("function") or {}).get("name")
+    if not isinstance(name, str):
+        return None
+    return [
+        {
+            "id": f"call_{uuid.uuid4().hex[:24]}",
+            "type": "function",
+            "function": {"name": name, "arguments": json.dumps({"text": text})},
+        }
+    ]
+
+
+def echo_completion(request: dict[str, Any]) -> dict[str, Any]:
+    """The built-in ``echo`` model: the last user message back, verbatim.
+
+    Honours ``n`` (up to ECHO_MAX_CHOICES), ``max_tokens`` (counted in words,
+    finish_reason "length" when it cuts) and ``tools``/``tool_choice`` (a call
+    to the first tool, or the named one, with the text as its argument).
+    Token counts are whitespace-separated words.
+    """
+    messages = request["messages"]
+    text = next(
+        (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    )
+    finish = "stop"
+    max_tokens = request.get("max_tokens")
+    if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0:
+        words = text.split()
+        if len(words) > max_tokens:
+            text, finish = " ".join(words[:max_tokens]), "length"
+    tool_calls = _echo_tool_call(request, text)
+    message: dict[str, Any] = {"role": "assistant", "content": text}
+    if tool_calls:
+        message = {"role": "assistant", "content": None, "tool_calls": tool_calls}
+        finish = "tool_calls"
+    n = request.get("n", 1)
+    n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= ECHO_MAX_CHOICES else 1
+    prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages)
+    completion_tokens = _words(text) * n
+    return {
+        "id": f"chatcmpl-{uuid.uuid4().hex}",
+        "object": "chat.completion",
+        "created": int(time.time()),
+        "model": request["model"],
+        "choices": [
+            {"index": i, "message": dict(message), "finish_reason": finish} for i in range(n)
+        ],
+        "usage": {
+            "prompt_tokens": prompt_tokens,
+            "completion_tokens": completion_tokens,
+            "total_tokens": prompt_tokens + completion_tokens,
+        },
+    }
+
+
+# ---------------------------------------------------------------- upstream
+
+
+def upstream_url(base: str) -> str:
+    """``/v1/chat/completions`` under ``base`` (which may already end in /v1)."""
+    base = base.rstrip("/")
+    if base.endswith("/chat/completions"):
+        return base
+    if base.endswith("/v1"):
+        return base + "/chat/completions"
+    return base + "/v1/chat/completions"
+
+
+async def _forward(
+    client: httpx.AsyncClient, url: str, api_key: str | None, request: dict[str, Any]
+) -> dict[str, Any]:
+    headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+    body = dict(request, stream=False)
+    try:
+        response = await client.post(url, json=body, headers=headers)
+    except (httpx.ConnectError, httpx.ConnectTimeout) as exc:
+        raise _Refused(503, "upstream unavailable") from exc
+    except httpx.TimeoutException as exc:
+        raise _Refused(504, "upstream timed out") from exc
+    except httpx.HTTPError as exc:
+        raise _Refused(502, "upstream failed") from exc
+    if response.status_code >= 400:
+        raise _Refused(502, f"upstream answered {response.status_code}")
+    try:
+        answer = response.json()
+    except ValueError as exc:
+        raise _Refused(502, "upstream answer is not JSON") from exc
+    if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
+        raise _Refused(502, "upstream answer is not a chat completion")
+    return answer
+
+
+# ---------------------------------------------------------------- the app
+
+
+def create_app(config: ServerConfig) -> Starlette:
+    """The Starlette application serving ``config``."""
+    public_pem = _keys.public_pem(config.private_key)
+    target = upstream_url(config.upstream) if config.upstream else None
+    state: dict[str, httpx.AsyncClient] = {}
+
+    async def public_key(request: Request) -> Response:
+        return Response(public_pem, media_type="text/plain")
+
+    async def secure_completion(request: Request) -> Response:
+        started = time.perf_counter()
+        payload_id = "-"
+        try:
+            _check_api_key(request, config.api_keys)
+            payload_id = _payload_id(request)
+            client_key = _client_key(request)
+            tier = _tier(request)
+            body = await _read_body(request)
+            chat = await run_in_threadpool(_open_request, body, config.private_key)
+            try:
+                if target is not None:
+                    answer = await _forward(
+                        state["upstream"], target, config.upstream_api_key, chat
+                    )
+                else:
+                    answer = echo_completion(chat)
+                metadata = answer.get("_metadata")
+                answer["_metadata"] = dict(
+                    metadata if isinstance(metadata, dict) else {}, payload_id=payload_id
+                )
+                sealed = await run_in_threadpool(
+                    _hybrid.seal_json, answer, client_key, processed_at=int(time.time())
+                )
+                wipe(answer)
+            finally:
+                wipe(chat)
+        except _Refused as refused:
+            log.info("secure completion refused: %d %s", refused.status, refused.detail)
+            return _error(refused.status, refused.detail)
+        log.info(
+            "secure completion: payload %s tier %s in %.1f ms",
+            payload_id,
+            tier or "-",
+            (time.perf_counter() - started) * 1e3,
+        )
+        return Response(sealed, media_type="application/json")
+
+    async def http_error(request: Request, exc: Exception) -> Response:
+        status = exc.status_code if isinstance(exc, HTTPException) else 500
+        detail = exc.detail if isinstance(exc, HTTPException) else "internal error"
+        if status == 500:
+            log.error("internal error while serving %s", request.url.path)
+        return _error(status, str(detail))
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        async with httpx.AsyncClient(
+            timeout=httpx.Timeout(UPSTREAM_READ_TIMEOUT, connect=UPSTREAM_CONNECT_TIMEOUT),
+            trust_env=False,
+        ) as client:
+            state["upstream"] = client
+            yield
+
+    return Starlette(
+        routes=[
+            Route(PUBLIC_KEY_PATH, public_key, methods=["GET"]),
+            Route(COMPLETION_PATH, secure_completion, methods=["POST"]),
+        ],
+        exception_handlers={HTTPException: http_error, Exception: http_error},
+        lifespan=lifespan,
+    )
