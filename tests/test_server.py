@@ -69,6 +69,16 @@ def test_round_trip_echo(server: Endpoint, client_key: rsa.RSAPrivateKey) -> Non
     assert answer["id"].startswith("chatcmpl-") and isinstance(answer["created"], int)
 
 
+def test_public_key_header_without_final_newline(
+    server: Endpoint, client_key: rsa.RSAPrivateKey
+) -> None:
+    # what the published client sends when it loaded its keys from key_dir
+    stripped = urllib.parse.quote(_keys.public_pem(client_key).decode().strip())
+    response = post(server, client_key, **{"X-Public-Key": stripped})
+    assert response.status_code == 200, response.text
+    assert _hybrid.open_json(response.content, client_key)["choices"][0]["message"]["content"]
+
+
 @pytest.mark.parametrize("tier", ["standard", "high", "maximum"])
 def test_each_tier_is_accepted(server: Endpoint, client_key: rsa.RSAPrivateKey, tier: str) -> None:
     response = post(server, client_key, **{"X-Security-Tier": tier})
