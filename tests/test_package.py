@@ -14,11 +14,23 @@ import nomyo
 from tests.conftest import ROOT
 
 EXPECTED = {
+    "APIConnectionError",
+    "APIError",
+    "APITimeoutError",
+    "AuthenticationError",
+    "ForbiddenError",
+    "InvalidRequestError",
     "MemoryProtection",
     "NomyoError",
+    "RateLimitError",
     "SecureBuffer",
+    "SecureChatCompletion",
+    "SecureCompletionClient",
     "SecureMemoryWarning",
     "SecurityError",
+    "ServerError",
+    "ServiceUnavailableError",
+    "SyncSecureChatCompletion",
     "__version__",
     "protection",
     "wipe",
@@ -33,8 +45,22 @@ def test_all_is_sorted_and_complete() -> None:
 
 
 def test_exception_tree() -> None:
-    assert issubclass(nomyo.SecurityError, nomyo.NomyoError)
-    assert issubclass(nomyo.SecureMemoryWarning, UserWarning)
+    tree = {
+        nomyo.APIError: nomyo.NomyoError,
+        nomyo.SecurityError: nomyo.NomyoError,
+        nomyo.InvalidRequestError: nomyo.APIError,
+        nomyo.AuthenticationError: nomyo.APIError,
+        nomyo.ForbiddenError: nomyo.APIError,
+        nomyo.RateLimitError: nomyo.APIError,
+        nomyo.ServerError: nomyo.APIError,
+        nomyo.ServiceUnavailableError: nomyo.APIError,
+        nomyo.APIConnectionError: nomyo.APIError,
+        nomyo.APITimeoutError: nomyo.APIConnectionError,
+        nomyo.SecureMemoryWarning: UserWarning,
+    }
+    for cls, parent in tree.items():
+        assert cls.__bases__ == (parent,), cls
+    assert not issubclass(nomyo.SecurityError, nomyo.APIError)
 
 
 def test_version_matches_pyproject() -> None:

@@ -45,3 +45,27 @@ DEFAULT_SERVE_PORT = 12434
 #: seconds to connect to / wait for an upstream model server
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
+
+# ---- the client
+DEFAULT_BASE_URL = "https://api.nomyo.ai"
+API_KEY_ENV = "NOMYO_API_KEY"
+BASE_URL_ENV = "NOMYO_BASE_URL"
+#: seconds for a whole create() call, retries included
+DEFAULT_TIMEOUT = 600.0
+DEFAULT_MAX_RETRIES = 2
+DEFAULT_MAX_RESPONSE_BYTES = 16 * 1024 * 1024
+#: seconds a fetched router key is trusted before it is fetched again
+ROUTER_KEY_TTL = 3600.0
+#: how many recent answers' wrapped keys are remembered to spot replays
+REPLAY_MEMORY = 16384
+#: statuses worth retrying; seconds of backoff (doubling) and caps
+RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
+INITIAL_RETRY_DELAY = 0.5
+MAX_RETRY_DELAY = 8.0
+RETRY_AFTER_CAP = 60.0
+#: the most nomyo reads of an error body or of the router's public key
+MAX_ERROR_BODY_BYTES = 64 * 1024
+MAX_PUBLIC_KEY_BYTES = 64 * 1024
+#: file names in key_dir (the published client's)
+PRIVATE_KEY_FILE = "private_key.pem"
+PUBLIC_KEY_FILE = "public_key.pem"

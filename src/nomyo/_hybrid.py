@@ -29,7 +29,16 @@ from ._envelope import MalformedPackage, Package, decode, encode
 from ._exceptions import SecurityError
 from .memory import SecureBuffer, wipe
 
-__all__ = ["OPEN_FAILED", "open_json", "open_package", "seal", "seal_json", "serialize"]
+__all__ = [
+    "OPEN_FAILED",
+    "open_decoded",
+    "open_json",
+    "open_package",
+    "parse",
+    "seal",
+    "seal_json",
+    "serialize",
+]
 
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -37,6 +46,27 @@ _OAEP = padding.OAEP(
 
 #: the one message of every failure to open a package
 OPEN_FAILED = "the encrypted package failed authentication"
+
+
+class PlainBuffer(bytearray):
+    """What ``secure=False`` uses instead of a SecureBuffer: ordinary heap
+    memory (not locked, not guarded), still zeroed on close."""
+
+    def close(self) -> None:
+        memoryview(self)[:] = bytes(len(self))
+
+    def __enter__(self) -> PlainBuffer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+Buffer = SecureBuffer | PlainBuffer
+
+
+def _buffer(size: int, secure: bool) -> Buffer:
+    return SecureBuffer(size) if secure else PlainBuffer(size)
 
 
 def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
@@ -48,7 +78,7 @@ def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
 
 
 def seal(
-    plaintext: SecureBuffer | bytes | bytearray | memoryview,
+    plaintext: Buffer | bytes | bytearray | memoryview,
     recipient: rsa.RSAPublicKey,
     *,
     processed_at: int | None = None,
@@ -84,11 +114,13 @@ def _modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
 
 
 def open_package(
-    data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey
-) -> SecureBuffer:
-    """Decrypt a package addressed to ``private_key`` into a new SecureBuffer.
-
-    The caller owns (and must close) the buffer.
+    data: bytes | bytearray | memoryview | str,
+    private_key: rsa.RSAPrivateKey,
+    *,
+    secure: bool = True,
+) -> Buffer:
+    """Decrypt a package addressed to ``private_key`` into a new buffer
+    (a SecureBuffer unless ``secure=False``); the caller closes it.
 
     :raises nomyo.SecurityError: the package is malformed, not for this key,
         or fails authentication; the message never says which.
@@ -97,7 +129,15 @@ def open_package(
         package = decode(data, key_bytes=_modulus_bytes(private_key))
     except MalformedPackage as exc:
         raise SecurityError(OPEN_FAILED) from exc
-    key = SecureBuffer(AES_KEY_BYTES)
+    return open_decoded(package, private_key, secure=secure)
+
+
+def open_decoded(
+    package: Package, private_key: rsa.RSAPrivateKey, *, secure: bool = True
+) -> Buffer:
+    """As :func:`open_package`, for a package already decoded (and checked
+    against ``private_key``'s modulus length)."""
+    key = _buffer(AES_KEY_BYTES, secure)
     try:
         try:
             raw = private_key.decrypt(bytes(package.wrapped_key), _OAEP)
@@ -110,10 +150,10 @@ def open_package(
         finally:
             wipe(raw)
         sealed = bytes(package.ciphertext) + bytes(package.tag)
-        plain = SecureBuffer(len(package.ciphertext))
+        plain = _buffer(len(package.ciphertext), secure)
         cipher = AESGCM(memoryview(key))
         try:
-            cipher.decrypt_into(package.nonce, sealed, None, memoryview(plain))
+            cipher.decrypt_into(bytes(package.nonce), sealed, None, memoryview(plain))
         except InvalidTag as exc:
             plain.close()  # may hold unauthenticated plaintext
             raise SecurityError(OPEN_FAILED) from exc
@@ -124,8 +164,13 @@ def open_package(
         key.close()
 
 
-def serialize(obj: Any) -> SecureBuffer:
-    """``obj`` as compact UTF-8 JSON in a new SecureBuffer (caller closes it).
+def modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
+    """The length of a key wrapped to ``private_key``'s public half."""
+    return _modulus_bytes(private_key)
+
+
+def serialize(obj: Any, *, secure: bool = True) -> Buffer:
+    """``obj`` as compact UTF-8 JSON in a new buffer (caller closes it).
 
     The str and bytes json and UTF-8 encoding make on the way are wiped.
 
@@ -137,20 +182,26 @@ def serialize(obj: Any) -> SecureBuffer:
     finally:
         wipe(text)
     try:
-        buf = SecureBuffer(len(encoded))
+        buf = _buffer(len(encoded), secure)
         memoryview(buf)[:] = encoded
         return buf
     finally:
         wipe(encoded)
 
 
-def seal_json(obj: Any, recipient: rsa.RSAPublicKey, *, processed_at: int | None = None) -> bytes:
+def seal_json(
+    obj: Any,
+    recipient: rsa.RSAPublicKey,
+    *,
+    processed_at: int | None = None,
+    secure: bool = True,
+) -> bytes:
     """Serialize ``obj`` into secure memory and seal it to ``recipient``."""
-    with serialize(obj) as buf:
+    with serialize(obj, secure=secure) as buf:
         return seal(buf, recipient, processed_at=processed_at)
 
 
-def parse(buf: SecureBuffer) -> Any:
+def parse(buf: Buffer) -> Any:
     """The JSON value in ``buf``; the decoded text is wiped after parsing.
 
     :raises nomyo.SecurityError: not UTF-8 JSON (the message says no more).
@@ -172,8 +223,3 @@ def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPr
     exists outside secure memory except as the returned objects."""
     with open_package(data, private_key) as buf:
         return parse(buf)
-
-
-def package_processed_at(data: bytes | bytearray | memoryview | str, key_bytes: int) -> int | None:
-    """The package's ``processed_at`` (after it has been opened successfully)."""
-    return decode(data, key_bytes=key_bytes).processed_at

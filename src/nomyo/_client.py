@@ -1,0 +1,977 @@
+"""The clients: SecureChatCompletion (async), SyncSecureChatCompletion and the
+lower-level SecureCompletionClient.  They own request validation, the client
+key pair, the router key cache and pin, sealing and opening, answer binding
+and replay detection, and the retry loop; HTTP itself is ``_transport``'s.
+
+One request::
+
+    create(model, messages, **kw)
+      | validate model, messages, tier, stream            (nothing sent yet)
+      | router key: cached ROUTER_KEY_TTL, one shared fetch, pin checked
+      v
+    attempt: seal afresh (new AES key, nonce) -> POST -> answer, read capped
+      ^  429/5xx/no connection: sleep Retry-After, or backoff with jitter,
+      |  while retries and time remain
+      ^  400, once: fetch the router key again (it may have rotated)
+      v
+    open: fails authentication -> one opaque SecurityError
+          wrapped key seen before (a replay) -> SecurityError
+          _metadata.payload_id is another request's -> SecurityError
+      v
+    the chat.completion dict, _metadata filled in
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import hashlib
+import os
+import re
+import ssl
+import threading
+import time
+import urllib.parse
+import uuid
+import warnings
+from collections import OrderedDict
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+import httpx
+from cryptography.hazmat.primitives.asymmetric import rsa
+
+from . import _hybrid, _keys
+from ._constants import (
+    API_KEY_ENV,
+    BASE_URL_ENV,
+    COMPLETION_PATH,
+    DEFAULT_BASE_URL,
+    DEFAULT_MAX_RESPONSE_BYTES,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_TIMEOUT,
+    PACKAGE_ALGORITHM,
+    PRIVATE_KEY_FILE,
+    PUBLIC_KEY_FILE,
+    PUBLIC_KEY_PATH,
+    REPLAY_MEMORY,
+    ROUTER_KEY_TTL,
+    SECURITY_TIERS,
+)
+from ._envelope import MalformedPackage, decode
+from ._exceptions import APIError, APITimeoutError, InvalidRequestError, SecurityError
+from ._transport import AsyncTransport, SyncTransport, Verify, log, retry_delay, should_retry
+from .memory import wipe
+
+__all__ = ["SecureChatCompletion", "SecureCompletionClient", "SyncSecureChatCompletion"]
+
+_FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+
+
+# ---------------------------------------------------------------- validation
+
+
+def _check_base_url(url: str, allow_http: bool) -> str:
+    if not isinstance(url, str) or not url:
+        raise ValueError("base_url must be a non-empty string")
+    parts = urllib.parse.urlsplit(url)
+    if parts.scheme not in ("https", "http") or not parts.netloc:
+        raise ValueError(f"base_url must be an https:// URL, not {url!r}")
+    if parts.scheme == "http":
+        if not allow_http:
+            raise SecurityError(
+                f"refusing plain HTTP to {url}: use https://, or allow_http=True "
+                "for local development only"
+            )
+        warnings.warn(
+            f"nomyo: plain HTTP to {url} (allow_http=True): the transport is not "
+            "encrypted, only the payload is; never do this in production",
+            UserWarning,
+            stacklevel=4,
+        )
+    return url.rstrip("/")
+
+
+def check_tier(tier: object) -> str | None:
+    if tier is None:
+        return None
+    if tier not in SECURITY_TIERS:
+        raise ValueError(f"security_tier must be one of {', '.join(SECURITY_TIERS)}, not {tier!r}")
+    return str(tier)
+
+
+def build_payload(model: object, messages: object, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """The request plaintext, checked before anything is sent.
+
+    :raises ValueError: naming the problem.
+    """
+    if not isinstance(model, str) or not model:
+        raise ValueError("model must be a non-empty string")
+    if not isinstance(messages, list) or not messages:
+        raise ValueError("messages must be a non-empty list of {'role': ..., 'content': ...} dicts")
+    for i, message in enumerate(messages):
+        if not isinstance(message, Mapping):
+            raise ValueError(f"messages[{i}] must be a dict with 'role' and 'content'")
+        if not isinstance(message.get("role"), str) or not message.get("role"):
+            raise ValueError(f"messages[{i}] has no 'role' string")
+        if "content" not in message:
+            raise ValueError(f"messages[{i}] has no 'content'")
+    if kwargs.get("stream", False) is not False:
+        raise ValueError("stream=True is not supported: the protocol answers in one package")
+    return {"model": model, "messages": messages, **kwargs}
+
+
+def _timeout(timeout: float | httpx.Timeout | None) -> tuple[httpx.Timeout, float | None]:
+    """(per-operation httpx timeout, seconds for a whole call or None)."""
+    if isinstance(timeout, httpx.Timeout):
+        return timeout, None
+    if timeout is None:
+        return httpx.Timeout(None), None
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+        raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
+    return httpx.Timeout(float(timeout)), float(timeout)
+
+
+# ---------------------------------------------------------------- keys
+
+
+@dataclass(frozen=True)
+class KeyPair:
+    """The client's key pair and the X-Public-Key value made from it once."""
+
+    private_key: rsa.RSAPrivateKey
+    public_pem: str
+    header: str
+
+    @classmethod
+    def of(cls, private_key: rsa.RSAPrivateKey) -> KeyPair:
+        pem = _keys.public_pem(private_key).decode("ascii")
+        return cls(private_key, pem, urllib.parse.quote(pem))
+
+    def __repr__(self) -> str:
+        return f"KeyPair({_keys.fingerprint(self.private_key)})"
+
+
+def _load_pair(
+    private_path: Path, public_path: Path | None, password: str | bytes | None
+) -> KeyPair:
+    try:
+        private_key = _keys.load_private_key(private_path, password=password)
+    except (OSError, ValueError, SecurityError) as exc:
+        raise ValueError(f"cannot load the client key {private_path}: {exc}") from exc
+    pair = KeyPair.of(private_key)
+    if public_path is not None and public_path.exists():
+        try:
+            public = _keys.load_public_key(public_path.read_bytes())
+        except (OSError, ValueError, SecurityError) as exc:
+            raise ValueError(f"cannot load the client key {public_path}: {exc}") from exc
+        if _keys.fingerprint(public) != _keys.fingerprint(private_key):
+            raise ValueError(f"{public_path} does not belong to {private_path}")
+    return pair
+
+
+class _ClientKeys:
+    """The client key pair: loaded now, or generated on a thread started at
+    construction so the first request does not wait for all of it."""
+
+    def __init__(
+        self,
+        key_dir: str | os.PathLike[str] | None,
+        password: str | bytes | None,
+        *,
+        eager: bool = True,
+    ) -> None:
+        self._future: concurrent.futures.Future[KeyPair] = concurrent.futures.Future()
+        self._started = threading.Lock()
+        self._pending: Any = None
+        if key_dir is None:
+            self._pending = lambda: KeyPair.of(_keys.generate_private_key())
+            if eager:
+                self._start()
+            return
+        folder = Path(key_dir)
+        private_path, public_path = folder / PRIVATE_KEY_FILE, folder / PUBLIC_KEY_FILE
+        if private_path.exists() or private_path.is_symlink():
+            self._future.set_result(_load_pair(private_path, public_path, password))
+            return
+        if public_path.exists():
+            raise ValueError(
+                f"{public_path} exists without {private_path}: refusing to make a new pair over it"
+            )
+
+        def make_and_save() -> KeyPair:
+            private_key = _keys.generate_private_key()
+            _keys.save_private_key(private_key, private_path, password=password)
+            _keys.save_public_key(private_key, public_path)
+            return KeyPair.of(private_key)
+
+        self._pending = make_and_save
+        self._start()
+
+    def _start(self) -> None:
+        with self._started:
+            make, self._pending = self._pending, None
+        if make is None:
+            return
+        future = self._future
+
+        def run() -> None:
+            try:
+                future.set_result(make())
+            except BaseException as exc:  # delivered to whoever waits
+                future.set_exception(exc)
+
+        threading.Thread(target=run, name="nomyo-keygen", daemon=True).start()
+
+    def set(self, pair: KeyPair) -> None:
+        with self._started:
+            self._pending = None
+        future: concurrent.futures.Future[KeyPair] = concurrent.futures.Future()
+        future.set_result(pair)
+        self._future = future
+
+    def get(self) -> KeyPair:
+        self._start()
+        return self._future.result()
+
+    async def aget(self) -> KeyPair:
+        self._start()
+        if self._future.done():
+            return self._future.result()
+        return await asyncio.wrap_future(self._future)
+
+
+# ---------------------------------------------------------------- the shared core
+
+
+@dataclass(frozen=True)
+class _RouterKey:
+    key: rsa.RSAPublicKey
+    pem: str
+    fingerprint: str
+    expires: float
+
+
+class _Core:
+    """Everything but I/O, shared by the async and the sync client."""
+
+    def __init__(
+        self,
+        base_url: str | None,
+        allow_http: bool,
+        api_key: str | None,
+        secure_memory: bool,
+        *,
+        key_dir: str | os.PathLike[str] | None = None,
+        key_password: str | bytes | None = None,
+        server_key_fingerprint: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: Verify = True,
+        keys: _ClientKeys | None = None,
+        eager_keys: bool = True,
+    ) -> None:
+        self._options: dict[str, Any] = dict(
+            allow_http=allow_http,
+            api_key=api_key,
+            secure_memory=secure_memory,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+        )
+        if base_url is None:
+            base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+        self.base_url = _check_base_url(base_url, allow_http)
+        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        if self.api_key is not None and not isinstance(self.api_key, str):
+            raise TypeError("api_key must be a string")
+        self.secure_memory = bool(secure_memory)
+        if server_key_fingerprint is not None:
+            if not isinstance(server_key_fingerprint, str) or not _FINGERPRINT.match(
+                server_key_fingerprint.lower()
+            ):
+                raise ValueError("server_key_fingerprint must look like 'sha256:<64 hex digits>'")
+            server_key_fingerprint = server_key_fingerprint.lower()
+        self.pin = server_key_fingerprint
+        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
+        self.max_retries = max_retries
+        if (
+            isinstance(max_response_bytes, bool)
+            or not isinstance(max_response_bytes, int)
+            or max_response_bytes <= 0
+        ):
+            raise ValueError(
+                f"max_response_bytes must be a positive int, not {max_response_bytes!r}"
+            )
+        self.max_response_bytes = max_response_bytes
+        self.http_timeout, self.total_timeout = _timeout(timeout)
+        if not isinstance(verify, bool | str | ssl.SSLContext):
+            raise TypeError("verify must be True/False, a CA file path or an ssl.SSLContext")
+        self.verify = verify
+        self.keys = (
+            keys if keys is not None else _ClientKeys(key_dir, key_password, eager=eager_keys)
+        )
+        self.router: _RouterKey | None = None
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._seen_lock = threading.Lock()
+        self.key_url = self.base_url + PUBLIC_KEY_PATH
+        self.post_url = self.base_url + COMPLETION_PATH
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base_url}>"
+
+    def with_base_url(self, base_url: str) -> _Core:
+        """The same settings and key pair, for another router (a per-call base_url)."""
+        options = self._options
+        return _Core(
+            base_url,
+            options["allow_http"],
+            options["api_key"],
+            options["secure_memory"],
+            server_key_fingerprint=options["server_key_fingerprint"],
+            timeout=options["timeout"],
+            max_retries=options["max_retries"],
+            max_response_bytes=options["max_response_bytes"],
+            verify=options["verify"],
+            keys=self.keys,
+        )
+
+    # -- router key
+
+    def cached_router_key(self) -> _RouterKey | None:
+        router = self.router
+        if router is not None and time.monotonic() < router.expires:
+            return router
+        return None
+
+    def accept_router_key(self, pem: str) -> _RouterKey:
+        """Check a fetched router key (RSA, >= 2048 bits, the pin) and cache it.
+
+        :raises SecurityError: not the pinned key, or not an acceptable key.
+        """
+        try:
+            key = _keys.load_public_key(pem)
+        except (ValueError, SecurityError) as exc:
+            raise SecurityError(
+                f"the router at {self.base_url} sent an unusable public key"
+            ) from exc
+        fingerprint = _keys.fingerprint(key)
+        if self.pin is not None and fingerprint != self.pin:
+            raise SecurityError(
+                f"the router's key {fingerprint} does not match server_key_fingerprint "
+                f"{self.pin}: nothing was sent"
+            )
+        router = _RouterKey(key, pem, fingerprint, time.monotonic() + ROUTER_KEY_TTL)
+        self.router = router
+        log.debug("router key %s", fingerprint)
+        return router
+
+    # -- sealing and opening
+
+    def headers(
+        self, pair: KeyPair, payload_id: str, api_key: str | None, tier: str | None
+    ) -> dict[str, str]:
+        headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Payload-ID": payload_id,
+            "X-Public-Key": pair.header,
+        }
+        key = api_key if api_key is not None else self.api_key
+        if key:
+            headers["Authorization"] = f"Bearer {key}"
+        if tier is not None:
+            headers["X-Security-Tier"] = tier
+        return headers
+
+    def seal(self, payload: Any, router: _RouterKey) -> bytes:
+        return _hybrid.seal_json(payload, router.key, secure=self.secure_memory)
+
+    def open(self, body: bytes, pair: KeyPair, payload_id: str) -> dict[str, Any]:
+        """The answer to request ``payload_id``, authenticated and bound to it.
+
+        :raises SecurityError: fails authentication (no detail which check),
+            was already seen (a replay), or answers another request.
+        """
+        private_key = pair.private_key
+        try:
+            package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key))
+        except MalformedPackage as exc:
+            raise SecurityError(_hybrid.OPEN_FAILED) from exc
+        digest = hashlib.sha256(bytes(package.wrapped_key)).digest()
+        with self._seen_lock:
+            if digest in self._seen:
+                raise SecurityError("replayed answer: this package was already received")
+        with _hybrid.open_decoded(package, private_key, secure=self.secure_memory) as plain:
+            answer = _hybrid.parse(plain)
+        with self._seen_lock:
+            if digest in self._seen:  # the same package raced in twice
+                raise SecurityError("replayed answer: this package was already received")
+            self._seen[digest] = None
+            while len(self._seen) > REPLAY_MEMORY:
+                self._seen.popitem(last=False)
+        if not isinstance(answer, dict):
+            wipe(answer)
+            raise SecurityError("the decrypted answer is not a JSON object")
+        metadata = answer.get("_metadata")
+        if metadata is None:
+            metadata = answer["_metadata"] = {}
+        if not isinstance(metadata, dict):
+            wipe(answer)
+            raise SecurityError("the decrypted answer has a malformed _metadata")
+        if "payload_id" in metadata and metadata["payload_id"] != payload_id:
+            wipe(answer)
+            raise SecurityError("the answer belongs to another request (payload_id differs)")
+        metadata.update(
+            payload_id=payload_id,
+            processed_at=package.processed_at,
+            is_encrypted=True,
+            encryption_algorithm=PACKAGE_ALGORITHM,
+        )
+        return answer
+
+    # -- the retry loop's decisions
+
+    def deadline(self) -> float | None:
+        return None if self.total_timeout is None else time.monotonic() + self.total_timeout
+
+    def attempt_timeout(self, deadline: float | None, payload_id: str) -> httpx.Timeout:
+        if deadline is None:
+            return self.http_timeout
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise APITimeoutError(f"timed out waiting for {self.post_url}", payload_id=payload_id)
+        return httpx.Timeout(remaining)
+
+    def backoff(self, error: APIError, attempt: int, deadline: float | None) -> float | None:
+        """Seconds to wait before the next attempt, or None to give up."""
+        if attempt >= self.max_retries or not should_retry(error):
+            return None
+        delay = retry_delay(attempt, getattr(error, "_retry_after", None))
+        if deadline is not None and time.monotonic() + delay >= deadline:
+            return None
+        log.info("retrying after %s (%.2f s)", type(error).__name__, delay)
+        return delay
+
+
+# ---------------------------------------------------------------- async
+
+
+class SecureCompletionClient:
+    """The protocol engine (async): keys, router key, seal, send, open.
+
+    :param router_url: the router's base URL (``NOMYO_BASE_URL`` when None).
+    :param allow_http: allow ``http://`` (local development only).
+    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
+    :raises ValueError: a malformed option.
+    """
+
+    def __init__(
+        self,
+        router_url: str | None = None,
+        allow_http: bool = False,
+        *,
+        api_key: str | None = None,
+        secure_memory: bool = True,
+        key_dir: str | os.PathLike[str] | None = None,
+        key_password: str | bytes | None = None,
+        server_key_fingerprint: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: Verify = True,
+        _core: _Core | None = None,
+        _eager_keys: bool = False,
+    ) -> None:
+        self._core = _core or _Core(
+            router_url,
+            allow_http,
+            api_key,
+            secure_memory,
+            key_dir=key_dir,
+            key_password=key_password,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+            eager_keys=_eager_keys,
+        )
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: AsyncTransport | None = None
+        self._fetch_lock: asyncio.Lock | None = None
+
+    def __repr__(self) -> str:
+        return f"<SecureCompletionClient {self._core.base_url}>"
+
+    @property
+    def router_url(self) -> str:
+        return self._core.base_url
+
+    # -- the published client's key methods
+
+    def generate_keys(
+        self,
+        save_to_file: bool = False,
+        key_dir: str | os.PathLike[str] = "client_keys",
+        password: str | bytes | None = None,
+    ) -> None:
+        """Make a new 4096-bit client key pair (blocking); with ``save_to_file``
+        also write ``private_key.pem`` (0600, encrypted with ``password``) and
+        ``public_key.pem`` into ``key_dir``, never over existing files.
+
+        :raises FileExistsError: a key file is already there.
+        """
+        private_key = _keys.generate_private_key()
+        if save_to_file:
+            folder = Path(key_dir)
+            _keys.save_private_key(private_key, folder / PRIVATE_KEY_FILE, password=password)
+            _keys.save_public_key(private_key, folder / PUBLIC_KEY_FILE)
+        self._core.keys.set(KeyPair.of(private_key))
+
+    def load_keys(
+        self,
+        private_key_path: str | os.PathLike[str],
+        public_key_path: str | os.PathLike[str] | None = None,
+        password: str | bytes | None = None,
+    ) -> None:
+        """Use the key pair in these files (the public one is derived when not given).
+
+        :raises ValueError: a file cannot be loaded (naming it), or the two do not match.
+        """
+        public = Path(public_key_path) if public_key_path is not None else None
+        if public is not None and not public.exists():
+            raise ValueError(f"cannot load the client key {public}: no such file")
+        self._core.keys.set(_load_pair(Path(private_key_path), public, password))
+
+    # -- I/O
+
+    def _for_this_loop(self) -> tuple[AsyncTransport, asyncio.Lock]:
+        loop = asyncio.get_running_loop()
+        if self._loop is not loop or self._transport is None or self._fetch_lock is None:
+            # an httpx.AsyncClient belongs to one event loop: a new loop (a second
+            # asyncio.run) gets a new pool instead of a broken one
+            self._loop = loop
+            self._transport = AsyncTransport(
+                verify=self._core.verify, timeout=self._core.http_timeout
+            )
+            self._fetch_lock = asyncio.Lock()
+        return self._transport, self._fetch_lock
+
+    async def _router_key(self, *, force: bool = False) -> _RouterKey:
+        core = self._core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        transport, lock = self._for_this_loop()
+        async with lock:  # concurrent first requests share one fetch
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            pem = await transport.get_text(core.key_url)
+            return core.accept_router_key(pem)
+
+    async def fetch_server_public_key(self) -> str:
+        """Fetch the router's public key (PEM), check it against the pin and cache it.
+
+        :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
+        :raises nomyo.APIError: the router did not answer with a key.
+        """
+        return (await self._router_key(force=True)).pem
+
+    async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
+        """``payload`` sealed to the router's key: the package bytes to POST."""
+        return self._core.seal(payload, await self._router_key())
+
+    async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
+        """Open an answer package and bind it to ``payload_id``.
+
+        :raises nomyo.SecurityError: see :meth:`send_secure_request`.
+        """
+        pair = await self._core.keys.aget()
+        return self._core.open(bytes(encrypted_response), pair, payload_id)
+
+    async def send_secure_request(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None = None,
+        security_tier: str | None = None,
+    ) -> dict[str, Any]:
+        """Seal ``payload``, send it, and return the opened, bound answer.
+
+        Retries 429/5xx/connection failures (a fresh seal each attempt),
+        refetches the router key once after a 400, and raises the APIError
+        subclass of the last failure otherwise.
+
+        :raises nomyo.SecurityError: the answer fails authentication, is a
+            replay, or answers another request; or the router key fails the pin.
+        :raises nomyo.APIError: the router refused, or could not be reached.
+        """
+        core = self._core
+        tier = check_tier(security_tier)
+        deadline = core.deadline()
+        total = core.total_timeout
+        try:
+            if total is None:
+                return await self._send(payload, payload_id, api_key, tier, deadline)
+            return await asyncio.wait_for(
+                self._send(payload, payload_id, api_key, tier, deadline), total
+            )
+        except asyncio.TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from {core.post_url} within {total} s", payload_id=payload_id
+            ) from exc
+
+    async def _send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+        deadline: float | None,
+    ) -> dict[str, Any]:
+        core = self._core
+        pair = await core.keys.aget()
+        router = await self._router_key()
+        headers = core.headers(pair, payload_id, api_key, tier)
+        attempt = 0
+        refetched = False
+        while True:
+            transport, _ = self._for_this_loop()
+            body = core.seal(payload, router)
+            try:
+                answer = await transport.request(
+                    "POST",
+                    core.post_url,
+                    content=body,
+                    headers=headers,
+                    limit=core.max_response_bytes,
+                    timeout=core.attempt_timeout(deadline, payload_id),
+                    deadline=deadline,
+                    payload_id=payload_id,
+                )
+            except InvalidRequestError:
+                if refetched:
+                    raise
+                refetched = True
+                fresh = await self._router_key(force=True)
+                if fresh.fingerprint == router.fingerprint:
+                    raise
+                log.info("router key changed to %s: sending again", fresh.fingerprint)
+                router = fresh
+                continue
+            except APIError as error:
+                delay = core.backoff(error, attempt, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                await asyncio.sleep(delay)
+                continue
+            return core.open(answer, pair, payload_id)
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        transport, self._transport, self._loop = self._transport, None, None
+        if transport is not None:
+            try:
+                await transport.aclose()
+            except RuntimeError:  # its event loop is gone: nothing left to close cleanly
+                pass
+
+
+class _AsyncCompletions:
+    def __init__(self, client: SecureChatCompletion) -> None:
+        self._client = client
+
+    async def create(
+        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> dict[str, Any]:
+        """As :meth:`SecureChatCompletion.create`."""
+        return await self._client.create(model, messages, **kwargs)
+
+
+class _AsyncChat:
+    def __init__(self, client: SecureChatCompletion) -> None:
+        self.completions = _AsyncCompletions(client)
+
+
+class SecureChatCompletion:
+    """End-to-end encrypted chat completions, OpenAI-shaped (async).
+
+    :param base_url: the router (``NOMYO_BASE_URL``, else https://api.nomyo.ai).
+    :param allow_http: allow ``http://`` — local development only.
+    :param api_key: bearer key (``NOMYO_API_KEY`` when None).
+    :param secure_memory: keep plaintexts and keys in locked, guarded memory.
+    :param key_dir: load the client key pair from here, or create it here once.
+    :param key_password: the password of the private key file in ``key_dir``.
+    :param server_key_fingerprint: ``"sha256:<hex>"``; any other router key is refused.
+    :param timeout: seconds for a whole call (retries included), or an ``httpx.Timeout``.
+    :param max_retries: extra attempts after 429/5xx/connection failures.
+    :param max_response_bytes: the largest answer read.
+    :param verify: True, a CA file path or an ``ssl.SSLContext``.
+    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
+    :raises ValueError: a malformed option, or a key file that cannot be loaded.
+    """
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: bool = True,
+        *,
+        key_dir: str | os.PathLike[str] | None = None,
+        key_password: str | bytes | None = None,
+        server_key_fingerprint: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: Verify = True,
+    ) -> None:
+        self.client = SecureCompletionClient(
+            base_url,
+            allow_http,
+            api_key=api_key,
+            secure_memory=secure_memory,
+            key_dir=key_dir,
+            key_password=key_password,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+            _eager_keys=True,  # start making the key pair now, not at the first request
+        )
+        self.chat = _AsyncChat(self)
+
+    def __repr__(self) -> str:
+        return f"<SecureChatCompletion {self.client.router_url}>"
+
+    @property
+    def base_url(self) -> str:
+        return self.client.router_url
+
+    async def create(
+        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send an encrypted chat completion and return the answer.
+
+        ``kwargs`` go into the encrypted request (temperature, max_tokens,
+        tools, ...), except ``security_tier`` (sent as X-Security-Tier) and
+        ``api_key`` (this call's bearer key).
+
+        :returns: the chat.completion dict, with ``_metadata`` (payload_id,
+            processed_at, is_encrypted, encryption_algorithm, and what the
+            router put there).
+        :raises ValueError: a bad model, messages, tier or ``stream=True``,
+            before anything is sent.
+        :raises nomyo.SecurityError: see :meth:`SecureCompletionClient.send_secure_request`.
+        :raises nomyo.APIError: the router refused, or could not be reached.
+        """
+        tier = check_tier(kwargs.pop("security_tier", None))
+        api_key = kwargs.pop("api_key", None)
+        base_url = kwargs.pop("base_url", None)
+        payload = build_payload(model, messages, kwargs)
+        payload_id = str(uuid.uuid4())
+        if base_url is not None and base_url.rstrip("/") != self.base_url:
+            # the published client's per-call base_url: a short-lived client, same key pair
+            other = SecureCompletionClient(_core=self.client._core.with_base_url(base_url))
+            try:
+                return await other.send_secure_request(payload, payload_id, api_key, tier)
+            finally:
+                await other.aclose()
+        return await self.client.send_secure_request(payload, payload_id, api_key, tier)
+
+    acreate = create
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self.client.aclose()
+
+    async def __aenter__(self) -> SecureChatCompletion:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+# ---------------------------------------------------------------- sync
+
+
+class _SyncEngine:
+    """The same protocol engine with blocking I/O (threads welcome)."""
+
+    def __init__(self, core: _Core) -> None:
+        self._core = core
+        self._transport: SyncTransport | None = None
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+
+    def _http(self) -> SyncTransport:
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                if self._transport is None:
+                    self._transport = SyncTransport(
+                        verify=self._core.verify, timeout=self._core.http_timeout
+                    )
+                transport = self._transport
+        return transport
+
+    def router_key(self, *, force: bool = False) -> _RouterKey:
+        core = self._core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        with self._fetch_lock:
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            return core.accept_router_key(self._http().get_text(core.key_url))
+
+    def send(
+        self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
+    ) -> dict[str, Any]:
+        core = self._core
+        deadline = core.deadline()
+        pair = core.keys.get()
+        router = self.router_key()
+        headers = core.headers(pair, payload_id, api_key, tier)
+        attempt = 0
+        refetched = False
+        while True:
+            body = core.seal(payload, router)
+            try:
+                answer = self._http().request(
+                    "POST",
+                    core.post_url,
+                    content=body,
+                    headers=headers,
+                    limit=core.max_response_bytes,
+                    timeout=core.attempt_timeout(deadline, payload_id),
+                    deadline=deadline,
+                    payload_id=payload_id,
+                )
+            except InvalidRequestError:
+                if refetched:
+                    raise
+                refetched = True
+                fresh = self.router_key(force=True)
+                if fresh.fingerprint == router.fingerprint:
+                    raise
+                log.info("router key changed to %s: sending again", fresh.fingerprint)
+                router = fresh
+                continue
+            except APIError as error:
+                delay = core.backoff(error, attempt, deadline)
+                if delay is None:
+                    raise
+                attempt += 1
+                time.sleep(delay)
+                continue
+            return core.open(answer, pair, payload_id)
+
+    def close(self) -> None:
+        with self._lock:
+            transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+class _SyncCompletions:
+    def __init__(self, client: SyncSecureChatCompletion) -> None:
+        self._client = client
+
+    def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """As :meth:`SyncSecureChatCompletion.create`."""
+        return self._client.create(model, messages, **kwargs)
+
+
+class _SyncChat:
+    def __init__(self, client: SyncSecureChatCompletion) -> None:
+        self.completions = _SyncCompletions(client)
+
+
+class SyncSecureChatCompletion:
+    """:class:`SecureChatCompletion` with blocking calls; needs no event loop
+    and may be shared between threads.  Same parameters."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: bool = True,
+        *,
+        key_dir: str | os.PathLike[str] | None = None,
+        key_password: str | bytes | None = None,
+        server_key_fingerprint: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: Verify = True,
+    ) -> None:
+        self._core = _Core(
+            base_url,
+            allow_http,
+            api_key,
+            secure_memory,
+            key_dir=key_dir,
+            key_password=key_password,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+        )
+        self._engine = _SyncEngine(self._core)
+        self.chat = _SyncChat(self)
+
+    def __repr__(self) -> str:
+        return f"<SyncSecureChatCompletion {self._core.base_url}>"
+
+    @property
+    def base_url(self) -> str:
+        return self._core.base_url
+
+    def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """As :meth:`SecureChatCompletion.create`, blocking."""
+        tier = check_tier(kwargs.pop("security_tier", None))
+        api_key = kwargs.pop("api_key", None)
+        base_url = kwargs.pop("base_url", None)
+        payload = build_payload(model, messages, kwargs)
+        payload_id = str(uuid.uuid4())
+        if base_url is not None and base_url.rstrip("/") != self.base_url:
+            other = _SyncEngine(self._core.with_base_url(base_url))
+            try:
+                return other.send(payload, payload_id, api_key, tier)
+            finally:
+                other.close()
+        return self._engine.send(payload, payload_id, api_key, tier)
+
+    def fetch_server_public_key(self) -> str:
+        """The router's public key (PEM), fetched, pinned and cached."""
+        return self._engine.router_key(force=True).pem
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        self._engine.close()
+
+    def __enter__(self) -> SyncSecureChatCompletion:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.close()

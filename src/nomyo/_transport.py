@@ -1,0 +1,254 @@
+"""The HTTP side: one pooled httpx client per nomyo client, capped reads,
+httpx failures and error statuses turned into nomyo exceptions (here, at the
+boundary, and nowhere else), and the retry policy.  Never sees plaintext:
+it moves sealed packages and the router's public key.
+
+The retry policy is three small functions: :func:`should_retry` (is this
+failure worth another attempt?), :func:`retry_delay` (how long to wait?) and
+:func:`parse_retry_after` (what did the router ask for?).
+"""
+
+from __future__ import annotations
+
+import email.utils
+import json
+import logging
+import random
+import ssl
+import time
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from ._constants import (
+    INITIAL_RETRY_DELAY,
+    MAX_ERROR_BODY_BYTES,
+    MAX_PUBLIC_KEY_BYTES,
+    MAX_RETRY_DELAY,
+    RETRY_AFTER_CAP,
+    RETRY_STATUSES,
+)
+from ._exceptions import APIConnectionError, APIError, APITimeoutError, error_for_status
+
+log = logging.getLogger("nomyo")
+
+Verify = bool | str | ssl.SSLContext
+
+
+# ---------------------------------------------------------------- retry policy
+
+
+def parse_retry_after(value: str | None, now: float | None = None) -> float | None:
+    """Seconds to wait from a ``Retry-After`` header (delta-seconds or an HTTP
+    date), or None when absent or unreadable.  Never negative."""
+    if value is None:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        if when is None:  # pragma: no cover - older Pythons
+            return None
+        seconds = when.timestamp() - (time.time() if now is None else now)
+    if seconds != seconds or seconds in (float("inf"), float("-inf")):
+        return None
+    return max(0.0, float(seconds))
+
+
+def should_retry(error: APIError) -> bool:
+    """Worth another attempt: 429, 500, 502, 503, 504, no connection, and a
+    timeout while connecting (the request was never sent).  A timeout while
+    waiting for the answer is not retried: the router may be working on it."""
+    if isinstance(error, APITimeoutError):
+        return isinstance(error.__cause__, httpx.ConnectTimeout | httpx.PoolTimeout)
+    if isinstance(error, APIConnectionError):
+        return True
+    return error.status_code in RETRY_STATUSES
+
+
+def retry_delay(
+    attempt: int, retry_after: float | None, rand: Callable[[], float] = random.random
+) -> float:
+    """Seconds to sleep before retry number ``attempt`` (0-based): the router's
+    ``Retry-After`` when it gave one (at most RETRY_AFTER_CAP), otherwise
+    exponential backoff from INITIAL_RETRY_DELAY, capped at MAX_RETRY_DELAY,
+    with up to 25 % jitter downwards so clients spread out."""
+    if retry_after is not None:
+        return min(retry_after, RETRY_AFTER_CAP)
+    base: float = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
+    return base * (1.0 - 0.25 * rand())
+
+
+# ---------------------------------------------------------------- error mapping
+
+
+def _connection_error(exc: httpx.HTTPError, url: str, payload_id: str | None) -> APIError:
+    if isinstance(exc, httpx.TimeoutException):
+        phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
+        return APITimeoutError(f"timed out {phase} {url}", payload_id=payload_id)
+    reason = type(exc).__name__
+    if "CERTIFICATE_VERIFY_FAILED" in str(exc):
+        reason = "TLS certificate verification failed"
+    return APIConnectionError(f"could not reach {url}: {reason}", payload_id=payload_id)
+
+
+def _status_error(response: httpx.Response, body: bytes, payload_id: str | None) -> APIError:
+    try:
+        parsed: Any = json.loads(body) if body else None
+    except ValueError:
+        parsed = None
+    retry_after = parse_retry_after(response.headers.get("retry-after"))
+    error = error_for_status(
+        response.status_code, parsed, payload_id=payload_id, retry_after=retry_after
+    )
+    error._retry_after = retry_after  # type: ignore[attr-defined]
+    return error
+
+
+def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
+    return APIError(
+        f"the answer is larger than max_response_bytes ({limit} bytes)",
+        status_code=status,
+        payload_id=payload_id,
+    )
+
+
+def _limits() -> httpx.Limits:
+    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+
+
+def _verify(verify: Verify) -> bool | ssl.SSLContext:
+    if isinstance(verify, str):
+        return ssl.create_default_context(cafile=verify)
+    return verify
+
+
+def check_deadline(deadline: float | None, url: str, payload_id: str | None) -> None:
+    if deadline is not None and time.monotonic() > deadline:
+        raise APITimeoutError(f"timed out waiting for {url}", payload_id=payload_id)
+
+
+# ---------------------------------------------------------------- sync
+
+
+class SyncTransport:
+    """Blocking HTTP over one pooled ``httpx.Client``."""
+
+    def __init__(self, *, verify: Verify, timeout: httpx.Timeout) -> None:
+        self._http = httpx.Client(
+            verify=_verify(verify), timeout=timeout, limits=_limits(), follow_redirects=False
+        )
+
+    def close(self) -> None:
+        self._http.close()
+
+    def get_text(self, url: str, *, timeout: httpx.Timeout | None = None) -> str:
+        """GET a small text resource (the router's public key)."""
+        return self.request("GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES).decode(
+            "utf-8", "replace"
+        )
+
+    def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        limit: int,
+        timeout: httpx.Timeout | None = None,
+        deadline: float | None = None,
+        payload_id: str | None = None,
+    ) -> bytes:
+        """The body of a 2xx answer, read up to ``limit`` bytes.
+
+        :raises APIError: an error status, an answer over the limit, or (as
+            APIConnectionError / APITimeoutError) no answer at all.
+        """
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            with self._http.stream(method, url, content=content, headers=headers, **kwargs) as r:
+                ok = r.status_code < 400
+                cap = limit if ok else MAX_ERROR_BODY_BYTES
+                _check_declared(r, cap, ok, payload_id)
+                body = bytearray()
+                for chunk in r.iter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        if ok:
+                            raise _too_large(limit, payload_id, r.status_code)
+                        break
+                    check_deadline(deadline, url, payload_id)
+        except httpx.HTTPError as exc:
+            raise _connection_error(exc, url, payload_id) from exc
+        log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
+        if not ok:
+            raise _status_error(r, bytes(body[:cap]), payload_id)
+        return bytes(body)
+
+
+def _check_declared(r: httpx.Response, cap: int, ok: bool, payload_id: str | None) -> None:
+    declared = r.headers.get("content-length", "")
+    if ok and declared.isdigit() and int(declared) > cap:
+        raise _too_large(cap, payload_id, r.status_code)
+
+
+# ---------------------------------------------------------------- async
+
+
+class AsyncTransport:
+    """Non-blocking HTTP over one pooled ``httpx.AsyncClient`` (bound to the
+    event loop it was made on: the client makes a new one per loop)."""
+
+    def __init__(self, *, verify: Verify, timeout: httpx.Timeout) -> None:
+        self._http = httpx.AsyncClient(
+            verify=_verify(verify), timeout=timeout, limits=_limits(), follow_redirects=False
+        )
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def get_text(self, url: str, *, timeout: httpx.Timeout | None = None) -> str:
+        body = await self.request("GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES)
+        return body.decode("utf-8", "replace")
+
+    async def request(
+        self,
+        method: str,
+        url: str,
+        *,
+        content: bytes | None = None,
+        headers: dict[str, str] | None = None,
+        limit: int,
+        timeout: httpx.Timeout | None = None,
+        deadline: float | None = None,
+        payload_id: str | None = None,
+    ) -> bytes:
+        """As :meth:`SyncTransport.request`."""
+        kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        try:
+            async with self._http.stream(
+                method, url, content=content, headers=headers, **kwargs
+            ) as r:
+                ok = r.status_code < 400
+                cap = limit if ok else MAX_ERROR_BODY_BYTES
+                _check_declared(r, cap, ok, payload_id)
+                body = bytearray()
+                async for chunk in r.aiter_bytes():
+                    body += chunk
+                    if len(body) > cap:
+                        if ok:
+                            raise _too_large(limit, payload_id, r.status_code)
+                        break
+                    check_deadline(deadline, url, payload_id)
+        except httpx.HTTPError as exc:
+            raise _connection_error(exc, url, payload_id) from exc
+        log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
+        if not ok:
+            raise _status_error(r, bytes(body[:cap]), payload_id)
+        return bytes(body)
