@@ -19,6 +19,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo import _keys
 from nomyo.memory import BACKEND
+from tests.faults import FaultRouter
 from tests.servers import API_KEY, Endpoint, start_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -169,3 +170,16 @@ def server(
 @pytest.fixture(scope="session")
 def client_key() -> rsa.RSAPrivateKey:
     return _keys.generate_private_key(2048)
+
+
+@pytest.fixture(scope="session")
+def fault_key() -> rsa.RSAPrivateKey:
+    return _keys.generate_private_key(2048)
+
+
+@pytest.fixture
+def router(tls: dict[str, Path], fault_key: rsa.RSAPrivateKey) -> Iterator[FaultRouter]:
+    """A misbehaving-on-request router over TLS (tests/faults.py), fresh per test."""
+    fault_router = FaultRouter(tls, key=fault_key)
+    yield fault_router
+    fault_router.stop()
