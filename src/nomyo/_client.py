@@ -466,6 +466,10 @@ class _Core:
 class SecureCompletionClient:
     """The protocol engine (async): keys, router key, seal, send, open.
 
+    The positional parameters are the published client's; the keyword-only
+    ones are :class:`SecureChatCompletion`'s.  The key pair is made when first
+    needed, unless :meth:`generate_keys` or :meth:`load_keys` provides it.
+
     :param router_url: the router's base URL (``NOMYO_BASE_URL`` when None).
     :param allow_http: allow ``http://`` (local development only).
     :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
@@ -476,14 +480,14 @@ class SecureCompletionClient:
         self,
         router_url: str | None = None,
         allow_http: bool = False,
+        secure_memory: bool = True,
+        max_retries: int = DEFAULT_MAX_RETRIES,
         *,
         api_key: str | None = None,
-        secure_memory: bool = True,
         key_dir: str | os.PathLike[str] | None = None,
         key_password: str | bytes | None = None,
         server_key_fingerprint: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
         _core: _Core | None = None,
