@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import hashlib
+import math
 import os
 import re
 import ssl
@@ -64,11 +65,11 @@ from ._constants import (
 from ._envelope import MalformedPackage, decode
 from ._exceptions import APIError, APITimeoutError, InvalidRequestError, SecurityError
 from ._transport import AsyncTransport, SyncTransport, Verify, log, retry_delay, should_retry
-from .memory import wipe
+from .memory import caller_stacklevel, wipe
 
 __all__ = ["SecureChatCompletion", "SecureCompletionClient", "SyncSecureChatCompletion"]
 
-_FINGERPRINT = re.compile(r"^sha256:[0-9a-f]{64}$")
+_FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
 
 # ---------------------------------------------------------------- validation
@@ -90,7 +91,7 @@ def _check_base_url(url: str, allow_http: bool) -> str:
             f"nomyo: plain HTTP to {url} (allow_http=True): the transport is not "
             "encrypted, only the payload is; never do this in production",
             UserWarning,
-            stacklevel=4,
+            stacklevel=caller_stacklevel(),
         )
     return url.rstrip("/")
 
@@ -101,6 +102,21 @@ def check_tier(tier: object) -> str | None:
     if tier not in SECURITY_TIERS:
         raise ValueError(f"security_tier must be one of {', '.join(SECURITY_TIERS)}, not {tier!r}")
     return str(tier)
+
+
+def call_options(kwargs: dict[str, Any]) -> tuple[str | None, str | None, str | None]:
+    """Take (security_tier, api_key, base_url) out of create()'s kwargs, checked.
+
+    :raises ValueError: an unknown tier.
+    :raises TypeError: an api_key or base_url that is not a string.
+    """
+    tier = check_tier(kwargs.pop("security_tier", None))
+    api_key = kwargs.pop("api_key", None)
+    base_url = kwargs.pop("base_url", None)
+    for name, value in (("api_key", api_key), ("base_url", base_url)):
+        if value is not None and not isinstance(value, str):
+            raise TypeError(f"{name} must be a string, not {type(value).__name__}")
+    return tier, api_key, base_url
 
 
 def build_payload(model: object, messages: object, kwargs: dict[str, Any]) -> dict[str, Any]:
@@ -130,7 +146,12 @@ def _timeout(timeout: float | httpx.Timeout | None) -> tuple[httpx.Timeout, floa
         return timeout, None
     if timeout is None:
         return httpx.Timeout(None), None
-    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or timeout <= 0:
+    if (
+        isinstance(timeout, bool)
+        or not isinstance(timeout, int | float)
+        or not math.isfinite(timeout)
+        or timeout <= 0
+    ):
         raise ValueError(f"timeout must be a positive number of seconds, not {timeout!r}")
     return httpx.Timeout(float(timeout)), float(timeout)
 
@@ -293,7 +314,7 @@ class _Core:
             raise TypeError("api_key must be a string")
         self.secure_memory = bool(secure_memory)
         if server_key_fingerprint is not None:
-            if not isinstance(server_key_fingerprint, str) or not _FINGERPRINT.match(
+            if not isinstance(server_key_fingerprint, str) or not _FINGERPRINT.fullmatch(
                 server_key_fingerprint.lower()
             ):
                 raise ValueError("server_key_fingerprint must look like 'sha256:<64 hex digits>'")
@@ -314,7 +335,12 @@ class _Core:
         self.http_timeout, self.total_timeout = _timeout(timeout)
         if not isinstance(verify, bool | str | ssl.SSLContext):
             raise TypeError("verify must be True/False, a CA file path or an ssl.SSLContext")
-        self.verify = verify
+        if isinstance(verify, str):
+            try:
+                verify = ssl.create_default_context(cafile=verify)
+            except (OSError, ssl.SSLError) as exc:
+                raise ValueError(f"verify: cannot load the CA file {verify}: {exc}") from exc
+        self.verify: Verify = verify
         self.keys = (
             keys if keys is not None else _ClientKeys(key_dir, key_password, eager=eager_keys)
         )
@@ -777,9 +803,7 @@ class SecureChatCompletion:
         :raises nomyo.SecurityError: see :meth:`SecureCompletionClient.send_secure_request`.
         :raises nomyo.APIError: the router refused, or could not be reached.
         """
-        tier = check_tier(kwargs.pop("security_tier", None))
-        api_key = kwargs.pop("api_key", None)
-        base_url = kwargs.pop("base_url", None)
+        tier, api_key, base_url = call_options(kwargs)
         payload = build_payload(model, messages, kwargs)
         payload_id = str(uuid.uuid4())
         if base_url is not None and base_url.rstrip("/") != self.base_url:
@@ -948,9 +972,7 @@ class SyncSecureChatCompletion:
 
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """As :meth:`SecureChatCompletion.create`, blocking."""
-        tier = check_tier(kwargs.pop("security_tier", None))
-        api_key = kwargs.pop("api_key", None)
-        base_url = kwargs.pop("base_url", None)
+        tier, api_key, base_url = call_options(kwargs)
         payload = build_payload(model, messages, kwargs)
         payload_id = str(uuid.uuid4())
         if base_url is not None and base_url.rstrip("/") != self.base_url:

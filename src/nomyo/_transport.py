@@ -80,7 +80,7 @@ def retry_delay(
     with up to 25 % jitter downwards so clients spread out."""
     if retry_after is not None:
         return min(retry_after, RETRY_AFTER_CAP)
-    base: float = min(INITIAL_RETRY_DELAY * 2.0**attempt, MAX_RETRY_DELAY)
+    base: float = min(INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 64), MAX_RETRY_DELAY)
     return base * (1.0 - 0.25 * rand())
 
 
@@ -100,7 +100,7 @@ def _connection_error(exc: httpx.HTTPError, url: str, payload_id: str | None) ->
 def _status_error(response: httpx.Response, body: bytes, payload_id: str | None) -> APIError:
     try:
         parsed: Any = json.loads(body) if body else None
-    except ValueError:
+    except (ValueError, RecursionError):  # not JSON, or hostile nesting: no detail
         parsed = None
     retry_after = parse_retry_after(response.headers.get("retry-after"))
     error = error_for_status(
@@ -173,7 +173,7 @@ class SyncTransport:
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
             with self._http.stream(method, url, content=content, headers=headers, **kwargs) as r:
-                ok = r.status_code < 400
+                ok = 200 <= r.status_code < 300  # redirects are not followed: an error
                 cap = limit if ok else MAX_ERROR_BODY_BYTES
                 _check_declared(r, cap, ok, payload_id)
                 body = bytearray()
@@ -184,6 +184,7 @@ class SyncTransport:
                             raise _too_large(limit, payload_id, r.status_code)
                         break
                     check_deadline(deadline, url, payload_id)
+                check_deadline(deadline, url, payload_id)
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
         log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
@@ -235,7 +236,7 @@ class AsyncTransport:
             async with self._http.stream(
                 method, url, content=content, headers=headers, **kwargs
             ) as r:
-                ok = r.status_code < 400
+                ok = 200 <= r.status_code < 300  # redirects are not followed: an error
                 cap = limit if ok else MAX_ERROR_BODY_BYTES
                 _check_declared(r, cap, ok, payload_id)
                 body = bytearray()
@@ -246,6 +247,7 @@ class AsyncTransport:
                             raise _too_large(limit, payload_id, r.status_code)
                         break
                     check_deadline(deadline, url, payload_id)
+                check_deadline(deadline, url, payload_id)
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
         log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))

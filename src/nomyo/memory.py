@@ -72,7 +72,7 @@ _warned: set[str] = set()
 _PACKAGE_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
-def _outside_caller_level() -> int:
+def caller_stacklevel() -> int:
     """The warnings stacklevel of the first frame outside the nomyo package."""
     frame = sys._getframe(1)
     level = 1
@@ -90,7 +90,7 @@ def _warn_once(cause: str, message: str) -> None:
     if cause in _warned:
         return
     _warned.add(cause)
-    warnings.warn(message, SecureMemoryWarning, stacklevel=_outside_caller_level())
+    warnings.warn(message, SecureMemoryWarning, stacklevel=caller_stacklevel())
 
 
 _FALLBACK_LOSES = (
