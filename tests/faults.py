@@ -223,7 +223,11 @@ class FaultRouter:
         self.port = self._server.servers[0].sockets[0].getsockname()[1]
 
     def stop(self) -> None:
+        """Stop at once, as a crashing or restarting router does: without
+        waiting for idle keep-alive connections (uvicorn would otherwise wait
+        for each TLS peer's close_notify, which an idle pool never sends)."""
         if self._server is not None and self._thread is not None:
+            self._server.force_exit = True
             self._server.should_exit = True
             self._thread.join(10)
         self._server = self._thread = None

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import hashlib
 import math
 import os
@@ -36,7 +37,7 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import Mapping
+from collections.abc import AsyncIterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -536,6 +537,7 @@ class SecureCompletionClient:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: AsyncTransport | None = None
         self._fetch_lock: asyncio.Lock | None = None
+        self._keeper: Any = None
 
     def __repr__(self) -> str:
         return f"<SecureCompletionClient {self._core.base_url}>"
@@ -582,23 +584,30 @@ class SecureCompletionClient:
 
     # -- I/O
 
-    def _for_this_loop(self) -> tuple[AsyncTransport, asyncio.Lock]:
+    async def _for_this_loop(self) -> tuple[AsyncTransport, asyncio.Lock]:
+        """The pool and fetch lock of the running event loop.
+
+        An httpx.AsyncClient belongs to one event loop, and code written for
+        the published client calls ``asyncio.run`` once per request.  So each
+        loop gets its own pool, closed while that loop still runs: a started
+        async generator is finalized by ``loop.shutdown_asyncgens()``, which
+        ``asyncio.run`` calls before closing the loop.
+        """
         loop = asyncio.get_running_loop()
-        if self._loop is not loop or self._transport is None or self._fetch_lock is None:
-            # an httpx.AsyncClient belongs to one event loop: a new loop (a second
-            # asyncio.run) gets a new pool instead of a broken one
-            self._loop = loop
-            self._transport = AsyncTransport(
-                verify=self._core.verify, timeout=self._core.http_timeout
-            )
-            self._fetch_lock = asyncio.Lock()
-        return self._transport, self._fetch_lock
+        if self._loop is loop and self._transport is not None and self._fetch_lock is not None:
+            return self._transport, self._fetch_lock
+        transport = AsyncTransport(verify=self._core.verify, timeout=self._core.http_timeout)
+        keeper = _close_with_the_loop(transport)
+        await keeper.__anext__()
+        self._loop, self._transport, self._keeper = loop, transport, keeper
+        self._fetch_lock = asyncio.Lock()
+        return transport, self._fetch_lock
 
     async def _router_key(self, *, force: bool = False) -> _RouterKey:
         core = self._core
         if not force and (cached := core.cached_router_key()) is not None:
             return cached
-        transport, lock = self._for_this_loop()
+        transport, lock = await self._for_this_loop()
         async with lock:  # concurrent first requests share one fetch
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
@@ -672,7 +681,7 @@ class SecureCompletionClient:
         attempt = 0
         refetched = False
         while True:
-            transport, _ = self._for_this_loop()
+            transport, _ = await self._for_this_loop()
             body = core.seal(payload, router)
             try:
                 answer = await transport.request(
@@ -706,12 +715,18 @@ class SecureCompletionClient:
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        transport, self._transport, self._loop = self._transport, None, None
-        if transport is not None:
-            try:
-                await transport.aclose()
-            except RuntimeError:  # its event loop is gone: nothing left to close cleanly
-                pass
+        keeper, self._keeper = self._keeper, None
+        self._transport = self._loop = self._fetch_lock = None
+        if keeper is not None:
+            await keeper.aclose()  # its finally closes the pool
+
+
+async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # a loop already gone: nothing to close
+            await transport.aclose()
 
 
 class _AsyncCompletions:
