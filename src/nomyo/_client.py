@@ -393,7 +393,7 @@ class _Core:
         if self.pin is not None and fingerprint != self.pin:
             raise SecurityError(
                 f"the router's key {fingerprint} does not match server_key_fingerprint "
-                f"{self.pin}: nothing was sent"
+                f"{self.pin}: nothing is sent to it"
             )
         router = _RouterKey(key, pem, fingerprint, time.monotonic() + ROUTER_KEY_TTL)
         self.router = router
