@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nomyo-installed
 SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: test lint bench install clean
+.PHONY: demo test lint bench install clean
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -17,6 +17,14 @@ $(STAMP): $(PY) $(SOURCES)
 	touch $@
 
 install: $(STAMP)
+
+# the package with the server extra is enough for the demo (the test install is a superset)
+$(VENV)/.nomyo-demo: $(PY) $(SOURCES)
+	NOMYO_REQUIRE_EXTENSION=1 $(PY) -m pip install --quiet -e '.[server]'
+	touch $@
+
+demo: $(VENV)/.nomyo-demo
+	$(PY) -m nomyo demo
 
 # the tests, then every benchmark body once (no timing): benchmarks must keep working
 test: $(STAMP)

@@ -41,6 +41,7 @@ resource.setrlimit(resource.RLIMIT_MEMLOCK, ({limit}, {limit}))
 # what the tests use from the standard library, loaded while it is readable
 import ctypes, errno, json, warnings
 import nomyo, nomyo.memory
+{preload}
 os.setgroups([])
 os.setresgid({uid}, {uid}, {uid})
 os.setresuid({uid}, {uid}, {uid})
@@ -58,17 +59,19 @@ def run_python(
     *,
     env: Mapping[str, str] | None = None,
     memlock: int | None = None,
+    preload: str = "",
     timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (this venv's), core dumps off.
 
     With ``memlock`` (bytes) the code runs as uid/gid 65534 with no
     capabilities and RLIMIT_MEMLOCK set to that value: what a normal user
-    sees.
+    sees.  ``preload`` is code run before privileges are dropped (imports of
+    modules the unprivileged user could not read).
     """
     code = textwrap.dedent(code)
     if memlock is not None:
-        code = _DROP.format(limit=memlock, uid=UNPRIVILEGED_UID) + code
+        code = _DROP.format(limit=memlock, uid=UNPRIVILEGED_UID, preload=preload) + code
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
     full_env.update(env or {})
     full_env["PYTHONDONTWRITEBYTECODE"] = "1"

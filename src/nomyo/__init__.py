@@ -1,5 +1,6 @@
-"""nomyo: end-to-end encrypted chat completions with NOMYO routers, holding
-every secret in locked, guarded, dump-excluded memory.
+"""nomyo: end-to-end encrypted chat completions with NOMYO routers, keeping
+the secrets it handles (AES keys, serialized prompts, decrypted answer text)
+in locked, guarded, dump-excluded memory.
 
 The public surface is flat: import everything from ``nomyo``::
 

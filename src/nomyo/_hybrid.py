@@ -219,7 +219,9 @@ def parse(buf: Buffer) -> Any:
 
 
 def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey) -> Any:
-    """Open a package and parse its JSON plaintext; the plaintext never
-    exists outside secure memory except as the returned objects."""
+    """Open a package and parse its JSON plaintext.  The plaintext exists
+    outside secure memory as the returned objects, as one str that is wiped
+    after parsing, and in the json module's own transient buffers, which
+    Python frees without zeroing."""
     with open_package(data, private_key) as buf:
         return parse(buf)

@@ -111,9 +111,10 @@ def _status_error(response: httpx.Response, body: bytes, payload_id: str | None)
 
 
 def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
+    # refused by us, not by the router: no HTTP error status to report
     return APIError(
-        f"the answer is larger than max_response_bytes ({limit} bytes)",
-        status_code=status,
+        f"the answer (HTTP {status}) is larger than max_response_bytes ({limit} bytes)",
+        status_code=None,
         payload_id=payload_id,
     )
 
