@@ -51,14 +51,23 @@ size_t nomyo_cache_pages(void);
 void nomyo_debug_capture(unsigned char *dst, size_t cap, int before_zero);
 size_t nomyo_debug_captured(void);
 int nomyo_py_register(void *namespace);
+
+size_t nomyo_b64_encoded_len(size_t n);
+void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
+size_t nomyo_b64_decoded_max(size_t n);
+long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
 """
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "nomyo._securemem",
-    '#include "securemem.h"\nint nomyo_py_register(void *namespace);\n',
-    sources=[_rel("securemem.c"), _rel("pyglue.c")],
+    '#include "securemem.h"\nint nomyo_py_register(void *namespace);\n'
+    "size_t nomyo_b64_encoded_len(size_t n);\n"
+    "void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);\n"
+    "size_t nomyo_b64_decoded_max(size_t n);\n"
+    "long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);\n",
+    sources=[_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c")],
     include_dirs=[_rel(".")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"],
     # pyglue.c defines a type with the buffer protocol and reads str internals:

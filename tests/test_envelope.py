@@ -176,3 +176,28 @@ def test_every_truncation_is_refused(data: st.DataObject) -> None:
     cut = data.draw(st.integers(min_value=0, max_value=len(raw) - 1))
     with pytest.raises(MalformedPackage):
         decode(raw[:cut], key_bytes=KEY_BYTES)
+
+
+@settings(max_examples=500, deadline=None)
+@given(st.binary(max_size=300))
+def test_the_c_codec_encodes_like_binascii(data: bytes) -> None:
+    from nomyo import _envelope
+
+    encoded = _envelope._b64(data)
+    assert bytes(encoded) == base64.b64encode(data)
+    assert bytes(_envelope._unb64(bytes(encoded).decode())) == data
+    assert bytes(_envelope._unb64_py(bytes(encoded).decode())) == data
+
+
+@settings(max_examples=3000, deadline=None)
+@given(st.text(alphabet="AQgwBCab09+/=-_ \n\u00e9", max_size=16))
+def test_the_c_and_python_decoders_accept_the_same_texts(text: str) -> None:
+    from nomyo import _envelope
+
+    def outcome(decode: Any) -> bytes | None:
+        try:
+            return bytes(decode(text))
+        except ValueError:  # binascii.Error and UnicodeEncodeError are ValueErrors
+            return None
+
+    assert outcome(_envelope._unb64) == outcome(_envelope._unb64_py)

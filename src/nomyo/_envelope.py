@@ -14,6 +14,7 @@ from __future__ import annotations
 import binascii
 import json
 import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, Union
 
@@ -59,27 +60,43 @@ class Package:
         )
 
 
-def _b64(data: Bytes) -> str:
-    return binascii.b2a_base64(data, newline=False).decode("ascii")
+def _b64_py(data: Bytes) -> bytes | bytearray:
+    return binascii.b2a_base64(data, newline=False)
+
+
+def _q(text: str) -> bytes:
+    return json.dumps(text).encode("ascii")
+
+
+# the package's fixed parts; base64 needs no JSON escaping, so the whole
+# object is assembled as bytes instead of making json.dumps scan megabytes
+_HEAD = b"".join(
+    [
+        b'{"version":', _q(PROTOCOL_VERSION), b',"algorithm":', _q(PACKAGE_ALGORITHM),
+        b',"encrypted_payload":{"ciphertext":"',
+    ]
+)  # fmt: skip
+_TAIL = b"".join(
+    [
+        b',"key_algorithm":', _q(KEY_ALGORITHM),
+        b',"payload_algorithm":', _q(PAYLOAD_ALGORITHM),
+    ]
+)  # fmt: skip
 
 
 def encode(package: Package) -> bytes:
     """The package as the UTF-8 JSON object the protocol sends."""
-    fields: dict[str, Any] = {
-        "version": PROTOCOL_VERSION,
-        "algorithm": PACKAGE_ALGORITHM,
-        "encrypted_payload": {
-            "ciphertext": _b64(package.ciphertext),
-            "nonce": _b64(package.nonce),
-            "tag": _b64(package.tag),
-        },
-        "encrypted_aes_key": _b64(package.wrapped_key),
-        "key_algorithm": KEY_ALGORITHM,
-        "payload_algorithm": PAYLOAD_ALGORITHM,
-    }
+    parts: list[bytes | bytearray] = [
+        _HEAD, _b64(package.ciphertext),
+        b'","nonce":"', _b64(package.nonce),
+        b'","tag":"', _b64(package.tag),
+        b'"},"encrypted_aes_key":"', _b64(package.wrapped_key),
+        b'"', _TAIL,
+    ]  # fmt: skip
     if package.processed_at is not None:
-        fields["processed_at"] = package.processed_at
-    return json.dumps(fields, separators=(",", ":")).encode("ascii")
+        parts += [b',"processed_at":', str(int(package.processed_at)).encode("ascii")]
+    parts.append(b"}")
+    return b"".join(parts)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -105,15 +122,29 @@ else:  # pragma: no cover - 3.10 has no strict mode: check the alphabet first
         return binascii.a2b_base64(text)
 
 
-def _unb64(text: str) -> bytes:
+def _unb64_py(text: str) -> bytes | bytearray:
     """Standard, padded, canonical base64 only: one text per byte string."""
     raw = _decode_alphabet(text)
     if len(text) != 4 * ((len(raw) + 2) // 3):
         raise binascii.Error("excess characters or padding")
     tail = len(raw) % 3 or 3
-    if raw and _b64(raw[-tail:]) != text[-4:]:
+    if raw and _b64_py(raw[-tail:]) != text[-4:].encode("ascii"):
         raise binascii.Error("non-zero padding bits")
     return raw
+
+
+_b64: Callable[[Bytes], bytes | bytearray]
+_unb64: Callable[[str], bytes | bytearray]
+try:  # the C codec: the same rules, about four times faster on large fields
+    from ._native import b64decode as _c_decode
+    from ._native import b64encode as _c_encode
+except ImportError:  # pragma: no cover - no extension: binascii
+    _b64, _unb64 = _b64_py, _unb64_py
+else:
+    _b64 = _c_encode
+
+    def _unb64(text: str) -> bytes | bytearray:
+        return _c_decode(text.encode("ascii"))
 
 
 def _field(obj: dict[str, Any], name: str, kind: type) -> Any:
@@ -130,11 +161,11 @@ def _exact(obj: dict[str, Any], name: str, expected: str) -> None:
         raise MalformedPackage(f"field {name!r} is not {expected!r}")
 
 
-def _bytes_field(obj: dict[str, Any], name: str, length: int | None) -> bytes:
+def _bytes_field(obj: dict[str, Any], name: str, length: int | None) -> bytes | bytearray:
     text = _field(obj, name, str)
     try:
         raw = _unb64(text)
-    except (binascii.Error, ValueError) as exc:
+    except (binascii.Error, ValueError) as exc:  # UnicodeEncodeError is a ValueError
         raise MalformedPackage(f"field {name!r} is not standard base64") from exc
     if length is not None and len(raw) != length:
         raise MalformedPackage(f"field {name!r} must decode to {length} bytes")

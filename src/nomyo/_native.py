@@ -80,6 +80,28 @@ def cache_pages() -> int:
     return int(lib.nomyo_cache_pages())
 
 
+def b64encode(data: bytes | bytearray | memoryview) -> bytearray:
+    """Standard padded base64 of ``data`` (C; the GIL is released meanwhile)."""
+    source = ffi.from_buffer(data)
+    out = bytearray(lib.nomyo_b64_encoded_len(len(source)))
+    lib.nomyo_b64_encode(source, len(source), ffi.from_buffer(out))
+    return out
+
+
+def b64decode(text: bytes | bytearray | memoryview) -> bytearray:
+    """Strict, canonical standard base64 (see csrc/b64.c).
+
+    :raises ValueError: anything else.
+    """
+    source = ffi.from_buffer(text)
+    out = bytearray(lib.nomyo_b64_decoded_max(len(source)))
+    written = lib.nomyo_b64_decode(source, len(source), ffi.from_buffer(out))
+    if written < 0:
+        raise ValueError("not strict standard base64")
+    del out[written:]
+    return out
+
+
 @contextmanager
 def debug_capture(capacity: int, *, before_zero: bool = False) -> Iterator[Callable[[], bytes]]:
     """Test hook: while active, every free appends its data pages to a scratch
