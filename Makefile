@@ -36,8 +36,10 @@ lint: $(STAMP)
 	$(PY) -m ruff format --no-cache --check src tests benchmarks csrc setup.py
 	$(PY) -m mypy
 
+# micro and end-to-end benchmarks, then the side-by-side run against the published client
 bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-sort=name --benchmark-columns=min,median,mean,ops,rounds
+	$(PY) benchmarks/compare_published.py
 
 clean:
 	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks

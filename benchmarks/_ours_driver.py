@@ -1,0 +1,261 @@
+"""One measured workload through OUR client (this repository's nomyo), or
+through the floor, for benchmarks/compare_published.py; run with our venv's
+interpreter::
+
+    .venv/bin/python benchmarks/_ours_driver.py WORKLOAD --client ours-async --url URL ...
+
+Clients (``--client``):
+
+- ``ours-async`` / ``ours-sync``: ``nomyo.SecureChatCompletion`` /
+  ``nomyo.SyncSecureChatCompletion``, one instance per process (its pool warm
+  after the warm-up), ``--secure-memory on|off``;
+- ``floor-sync`` / ``floor-async``: the least any client of this protocol
+  spends per request (see :class:`FloorSync`), against a plain JSON echo endpoint.
+
+Prints one JSON line, measured by the harness in ``_published_driver.py`` (the
+same code that measures the published client).
+"""
+
+from __future__ import annotations
+
+import argparse
+import concurrent.futures
+import os
+import ssl
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+from _published_driver import (
+    MODEL,
+    WARMUP,
+    AsyncAdapter,
+    Probe,
+    check,
+    info,
+    main,
+    parser,
+    run_async,
+    text_of,
+)
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import padding, rsa
+
+import nomyo
+
+# ---------------------------------------------------------------- sync workloads
+# the same four as the async ones in _published_driver.py, for blocking clients
+
+
+class SyncAdapter:
+    def make(self) -> Any:
+        raise NotImplementedError
+
+    def call(self, client: Any, text: str) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def close(self, client: Any) -> None:
+        client.close()
+
+
+def sequential(adapter: SyncAdapter, n: int, size: int) -> dict[str, Any]:
+    text = text_of(size)
+    client = adapter.make()
+    for _ in range(WARMUP):
+        check(adapter.call(client, text), text)
+    with Probe() as probe:
+        for _ in range(n):
+            check(adapter.call(client, text), text)
+    adapter.close(client)
+    return {"n": n, "size": size, **probe.fields()}
+
+
+def inflight(adapter: SyncAdapter, n: int, size: int, concurrency: int) -> dict[str, Any]:
+    """``concurrency`` threads sharing one client (it is thread-safe)."""
+    text = text_of(size)
+    client = adapter.make()
+    for _ in range(WARMUP):
+        check(adapter.call(client, text), text)
+    with concurrent.futures.ThreadPoolExecutor(concurrency) as pool:
+        for answer in pool.map(lambda _: adapter.call(client, text), range(concurrency)):
+            check(answer, text)
+        with Probe() as probe:
+            for answer in pool.map(lambda _: adapter.call(client, text), range(n)):
+                check(answer, text)
+    adapter.close(client)
+    return {"n": n, "size": size, "concurrency": concurrency, **probe.fields()}
+
+
+def big(adapter: SyncAdapter, size: int) -> dict[str, Any]:
+    client = adapter.make()
+    small = text_of(1024)
+    check(adapter.call(client, small), small)
+    text = text_of(size)
+    with Probe() as probe:
+        answer = adapter.call(client, text)
+    check(answer, text)
+    del answer
+    adapter.close(client)
+    return {"size": size, **probe.fields()}
+
+
+def first(adapter: SyncAdapter, size: int) -> dict[str, Any]:
+    text = text_of(size)
+    with Probe() as probe:
+        client = adapter.make()
+        answer = adapter.call(client, text)
+    check(answer, text)
+    adapter.close(client)
+    return {"size": size, **probe.fields()}
+
+
+def run_sync(args: argparse.Namespace, adapter: SyncAdapter) -> dict[str, Any]:
+    workloads: dict[str, Callable[[], dict[str, Any]]] = {
+        "sequential": lambda: sequential(adapter, args.n, args.size),
+        "inflight": lambda: inflight(adapter, args.n, args.size, args.concurrency),
+        "big": lambda: big(adapter, args.size),
+        "first": lambda: first(adapter, args.size),
+    }
+    if args.workload not in workloads:
+        raise ValueError(f"unknown workload {args.workload!r}")
+    return workloads[args.workload]()
+
+
+# ---------------------------------------------------------------- our client
+
+
+def _messages(text: str) -> list[dict[str, Any]]:
+    return [{"role": "user", "content": text}]
+
+
+def _options(args: argparse.Namespace) -> dict[str, Any]:
+    return {
+        "api_key": args.api_key,
+        "verify": args.ca,
+        "secure_memory": args.secure_memory == "on",
+        "key_dir": args.key_dir,
+        "max_retries": 0,  # as the published client is run
+    }
+
+
+class OursAsync(AsyncAdapter):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+
+    def make(self) -> Any:
+        return nomyo.SecureChatCompletion(self._args.url, **_options(self._args))
+
+    async def call(self, client: Any, text: str) -> dict[str, Any]:
+        return await client.create(model=MODEL, messages=_messages(text))  # type: ignore[no-any-return]
+
+    async def close(self, client: Any) -> None:
+        await client.aclose()
+
+
+class OursSync(SyncAdapter):
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._args = args
+
+    def make(self) -> Any:
+        return nomyo.SyncSecureChatCompletion(self._args.url, **_options(self._args))
+
+    def call(self, client: Any, text: str) -> dict[str, Any]:
+        return client.create(model=MODEL, messages=_messages(text))  # type: ignore[no-any-return]
+
+
+# ---------------------------------------------------------------- the floor
+
+_OAEP = padding.OAEP(mgf=padding.MGF1(hashes.SHA256()), algorithm=hashes.SHA256(), label=None)
+
+
+class FloorSync(SyncAdapter):
+    """The floor of a request: what any client of this protocol must spend.
+
+    One pooled ``httpx.Client`` POST of the same chat request JSON to a plain
+    JSON echo endpoint (``--url``: another process, same TLS certificate),
+    ``response.json()``, then one RSA-4096 OAEP decryption with the client's
+    key (unwrapping the answer's AES key) and one RSA-OAEP encryption to a
+    2048-bit router key (wrapping the request's).  Left out, as small next
+    to these: AES-GCM, base64 and the package framing, and the ~0.9 KiB
+    X-Public-Key header.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        with open(os.path.join(args.key_dir, "private_key.pem"), "rb") as pem:
+            key = serialization.load_pem_private_key(pem.read(), password=None)
+        assert isinstance(key, rsa.RSAPrivateKey)
+        self.private_key = key
+        self.router = rsa.generate_private_key(65537, 2048).public_key()
+        # RSA decryption costs the same whatever the ciphertext: one is enough
+        self.wrapped = key.public_key().encrypt(os.urandom(32), _OAEP)
+        self.url = args.url.rstrip("/") + "/v1/chat/completions"
+        self.ca = args.ca
+
+    def crypto(self) -> None:
+        aes_key = self.private_key.decrypt(self.wrapped, _OAEP)
+        self.router.encrypt(aes_key, _OAEP)
+
+    def make(self) -> Any:
+        return httpx.Client(verify=ssl.create_default_context(cafile=self.ca), timeout=60)
+
+    def call(self, client: Any, text: str) -> dict[str, Any]:
+        response = client.post(self.url, json={"model": MODEL, "messages": _messages(text)})
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        self.crypto()
+        return answer
+
+
+class FloorAsync(AsyncAdapter):
+    """:class:`FloorSync` with a pooled ``httpx.AsyncClient``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._sync = FloorSync(args)
+
+    def make(self) -> Any:
+        return httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=self._sync.ca), timeout=60
+        )
+
+    async def call(self, client: Any, text: str) -> dict[str, Any]:
+        response = await client.post(
+            self._sync.url, json={"model": MODEL, "messages": _messages(text)}
+        )
+        response.raise_for_status()
+        answer: dict[str, Any] = response.json()
+        self._sync.crypto()
+        return answer
+
+    async def close(self, client: Any) -> None:
+        await client.aclose()
+
+
+# ---------------------------------------------------------------- command line
+
+ADAPTERS: dict[str, Callable[[argparse.Namespace], AsyncAdapter | SyncAdapter]] = {
+    "ours-async": OursAsync,
+    "ours-sync": OursSync,
+    "floor-sync": FloorSync,
+    "floor-async": FloorAsync,
+}
+
+
+def _run_ours(args: argparse.Namespace) -> dict[str, Any]:
+    head = {"client": args.client, "secure_memory": args.secure_memory}
+    if args.workload == "info":
+        return {**head, **info(args, "nomyo"), "protection": nomyo.protection().backend}
+    adapter = ADAPTERS[args.client](args)
+    if isinstance(adapter, AsyncAdapter):
+        return {**head, **run_async(args, adapter)}
+    return {**head, **run_sync(args, adapter)}
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = parser()
+    p.add_argument("--client", choices=sorted(ADAPTERS), default="ours-async")
+    p.add_argument("--secure-memory", choices=("on", "off"), default="on")
+    return p
+
+
+if __name__ == "__main__":
+    main(_run_ours, _parser())
