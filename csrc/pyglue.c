@@ -373,7 +373,158 @@ static PyObject *py_refcount(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(Py_REFCNT(op));
 }
 
+long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
+size_t nomyo_b64_decoded_max(size_t n);
+
+/* b64decode_str(text, reserve) -> bytearray: strict base64 read straight out
+ * of an ASCII str (no encoded copy of a multi-megabyte field), into a
+ * bytearray with `reserve` bytes of spare capacity (room for a GCM tag). */
+static PyObject *py_b64decode_str(PyObject *module, PyObject *args)
+{
+    PyObject *text, *out;
+    Py_ssize_t reserve, n;
+    long long written;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "Un", &text, &reserve))
+        return NULL;
+    if (!PyUnicode_IS_COMPACT_ASCII(text) || reserve < 0) {
+        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
+        return NULL;
+    }
+    n = PyUnicode_GET_LENGTH(text);
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nomyo_b64_decoded_max((size_t)n) + reserve);
+    if (out == NULL)
+        return NULL;
+    Py_BEGIN_ALLOW_THREADS
+    written = nomyo_b64_decode((const char *)PyUnicode_DATA(text), (size_t)n,
+                               (unsigned char *)PyByteArray_AS_STRING(out));
+    Py_END_ALLOW_THREADS
+    if (written < 0) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
+        return NULL;
+    }
+    /* shrinking keeps the allocation, so `reserve` bytes can be appended in place */
+    if (PyByteArray_Resize(out, (Py_ssize_t)written) != 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+size_t nomyo_b64_encoded_len(size_t n);
+void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
+
+/* utf8_into(text, buffer) -> bytes written: the UTF-8 of `text` copied straight
+ * into a writable buffer (a SecureBuffer), with no bytes object in between.
+ * For a non-ASCII str CPython keeps a UTF-8 copy inside the str, which
+ * wipe_object() zeroes with the rest of it.  utf8_size(text) says how much. */
+static int utf8_of(PyObject *text, const char **data, Py_ssize_t *size)
+{
+    if (!PyUnicode_Check(text)) {
+        PyErr_SetString(PyExc_TypeError, "expected a str");
+        return -1;
+    }
+    *data = PyUnicode_AsUTF8AndSize(text, size);
+    return *data == NULL ? -1 : 0;
+}
+
+static PyObject *py_utf8_size(PyObject *module, PyObject *text)
+{
+    const char *data;
+    Py_ssize_t size;
+    (void)module;
+    if (utf8_of(text, &data, &size) != 0)
+        return NULL;
+    return PyLong_FromSsize_t(size);
+}
+
+static PyObject *py_utf8_into(PyObject *module, PyObject *args)
+{
+    PyObject *text, *target;
+    const char *data;
+    Py_ssize_t size;
+    Py_buffer view;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "OO", &text, &target) || utf8_of(text, &data, &size) != 0)
+        return NULL;
+    if (PyObject_GetBuffer(target, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0)
+        return NULL;
+    if (view.len < size) {
+        PyBuffer_Release(&view);
+        PyErr_SetString(PyExc_ValueError, "buffer too small for the text");
+        return NULL;
+    }
+    memcpy(view.buf, data, (size_t)size);
+    PyBuffer_Release(&view);
+    return PyLong_FromSsize_t(size);
+}
+
+/* pack(pieces) -> bytes: pieces are bytes (copied as they are) or 1-tuples
+ * holding a bytes-like object (written as base64); the result is allocated
+ * once, so a multi-megabyte ciphertext is never base64-encoded into a
+ * separate object and then copied again by a join. */
+static PyObject *py_pack(PyObject *module, PyObject *pieces)
+{
+    PyObject *seq, *out = NULL;
+    Py_ssize_t i, n, total = 0;
+    Py_buffer *views;
+    char *dst, *as_base64;
+    (void)module;
+    seq = PySequence_Fast(pieces, "pack() wants a sequence");
+    if (seq == NULL)
+        return NULL;
+    n = PySequence_Fast_GET_SIZE(seq);
+    views = PyMem_Calloc((size_t)(n ? n : 1), sizeof(Py_buffer));
+    as_base64 = PyMem_Calloc((size_t)(n ? n : 1), 1);
+    if (views == NULL || as_base64 == NULL) {
+        PyMem_Free(views);
+        PyMem_Free(as_base64);
+        Py_DECREF(seq);
+        return PyErr_NoMemory();
+    }
+    for (i = 0; i < n; i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
+        int encoded = PyTuple_Check(item) && PyTuple_GET_SIZE(item) == 1;
+        PyObject *source = encoded ? PyTuple_GET_ITEM(item, 0) : item;
+        if (!encoded && !PyBytes_Check(item)) {
+            PyErr_SetString(PyExc_TypeError, "pack() pieces are bytes or (buffer,)");
+            goto done;
+        }
+        if (PyObject_GetBuffer(source, &views[i], PyBUF_C_CONTIGUOUS) != 0)
+            goto done;
+        total += encoded ? (Py_ssize_t)nomyo_b64_encoded_len((size_t)views[i].len) : views[i].len;
+        as_base64[i] = (char)encoded;
+    }
+    out = PyBytes_FromStringAndSize(NULL, total);
+    if (out == NULL)
+        goto done;
+    dst = PyBytes_AS_STRING(out);
+    for (i = 0; i < n; i++) {
+        if (as_base64[i]) {
+            nomyo_b64_encode(views[i].buf, (size_t)views[i].len, dst);
+            dst += nomyo_b64_encoded_len((size_t)views[i].len);
+        } else {
+            memcpy(dst, views[i].buf, (size_t)views[i].len);
+            dst += views[i].len;
+        }
+    }
+done:
+    for (i = 0; i < n; i++)
+        if (views[i].obj != NULL)
+            PyBuffer_Release(&views[i]);
+    PyMem_Free(views);
+    PyMem_Free(as_base64);
+    Py_DECREF(seq);
+    return out;
+}
+
 static PyMethodDef glue_functions[] = {
+    {"utf8_size", py_utf8_size, METH_O, "utf8_size(text) -> length of its UTF-8"},
+    {"utf8_into", py_utf8_into, METH_VARARGS, "utf8_into(text, buffer) -> bytes written"},
+    {"pack", py_pack, METH_O, "pack(pieces) -> bytes; (buffer,) pieces as base64"},
+    {"b64decode_str", py_b64decode_str, METH_VARARGS,
+     "b64decode_str(text, reserve) -> bytearray, strict standard base64"},
     {"wipe_object", py_wipe_object, METH_VARARGS,
      "wipe_object(obj, max_refs) -> number of objects zeroed in place"},
     {"refcount", py_refcount, METH_VARARGS,

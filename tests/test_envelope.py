@@ -201,3 +201,16 @@ def test_the_c_and_python_decoders_accept_the_same_texts(text: str) -> None:
             return None
 
     assert outcome(_envelope._unb64) == outcome(_envelope._unb64_py)
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.binary(max_size=40).map(lambda b: b) | st.binary(max_size=40).map(lambda b: (b,)),
+        max_size=8,
+    )
+)
+def test_the_c_pack_joins_like_python(pieces: list[Any]) -> None:
+    from nomyo import _envelope
+
+    assert _envelope._pack(pieces) == _envelope._pack_py(pieces)

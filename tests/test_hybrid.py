@@ -114,7 +114,7 @@ TAMPERS = {
         encrypted_aes_key=_flip(obj["encrypted_aes_key"], bit)
     ),
     "version": lambda obj, bit: obj.update(version="1." + str(bit % 9 + 1)),
-    "algorithm": lambda obj, bit: obj.update(algorithm="hybrid-aes256-rsa" + str(bit)),
+    "algorithm": lambda obj, bit: obj.update(algorithm="hybrid-aes128-rsa" + str(bit)),
     "key_algorithm": lambda obj, bit: obj.update(key_algorithm="RSA-OAEP-SHA1"),
     "payload_algorithm": lambda obj, bit: obj.update(payload_algorithm="AES-256-CBC"),
     "drop_field": lambda obj, bit: obj.pop(sorted(obj)[bit % len(obj)]),
@@ -173,7 +173,8 @@ def test_transient_copies_are_really_wiped(
 
     monkeypatch.setattr(_hybrid, "wipe", spy)
     sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
-    assert seen == [("str", 1), ("bytes", 1), ("bytes", 1)]  # JSON text, UTF-8, raw AES key
+    # the JSON text (its UTF-8 goes straight into secure memory), the raw AES key
+    assert seen == [("str", 1), ("bytes", 1)]
     seen.clear()
     assert _hybrid.open_json(sealed, client_key) == REQUEST
     assert seen == [("bytes", 1), ("str", 1)]  # unwrapped AES key, decoded JSON text
@@ -195,3 +196,13 @@ def test_unauthenticated_plaintext_is_zeroed(client_key: rsa.RSAPrivateKey) -> N
         # the capture holds every buffer freed meanwhile: before zeroing, the
         # plaintext buffer held the unauthenticated text; after, nothing is left
         assert (secret in pages) is before_zero
+
+
+@pytest.mark.parametrize("text", ["plain ascii", "Müller, Straße 5", "東京 🔒", ""])
+def test_serialize_writes_exact_utf8(text: str) -> None:
+    value = {"content": "".join((text, "!"))}
+    with _hybrid.serialize(value) as buf:
+        assert (
+            bytes(memoryview(buf))
+            == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
+        )

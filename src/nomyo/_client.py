@@ -420,8 +420,11 @@ class _Core:
     def seal(self, payload: Any, router: _RouterKey) -> bytes:
         return _hybrid.seal_json(payload, router.key, secure=self.secure_memory)
 
-    def open(self, body: bytes, pair: KeyPair, payload_id: str) -> dict[str, Any]:
+    def open(self, body: bytes | bytearray, pair: KeyPair, payload_id: str) -> dict[str, Any]:
         """The answer to request ``payload_id``, authenticated and bound to it.
+
+        A bytearray ``body`` is consumed: emptied as soon as it is decoded, so a
+        multi-megabyte answer does not stay in memory three times over.
 
         :raises SecurityError: fails authentication (no detail which check),
             was already seen (a replay), or answers another request.
@@ -431,11 +434,16 @@ class _Core:
             package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key))
         except MalformedPackage as exc:
             raise SecurityError(_hybrid.OPEN_FAILED) from exc
+        if isinstance(body, bytearray):
+            body.clear()  # public ciphertext, decoded: free it now
+        processed_at = package.processed_at
         digest = hashlib.sha256(bytes(package.wrapped_key)).digest()
         with self._seen_lock:
             if digest in self._seen:
                 raise SecurityError("replayed answer: this package was already received")
-        with _hybrid.open_decoded(package, private_key, secure=self.secure_memory) as plain:
+        plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory)
+        del package  # the ciphertext is no longer needed while parsing
+        with plain:
             answer = _hybrid.parse(plain)
         with self._seen_lock:
             if digest in self._seen:  # the same package raced in twice
@@ -457,7 +465,7 @@ class _Core:
             raise SecurityError("the answer belongs to another request (payload_id differs)")
         metadata.update(
             payload_id=payload_id,
-            processed_at=package.processed_at,
+            processed_at=processed_at,
             is_encrypted=True,
             encryption_algorithm=PACKAGE_ALGORITHM,
         )
@@ -711,6 +719,7 @@ class SecureCompletionClient:
                 attempt += 1
                 await asyncio.sleep(delay)
                 continue
+            del body  # the sent package, before the answer is opened
             return core.open(answer, pair, payload_id)
 
     async def aclose(self) -> None:
@@ -920,6 +929,7 @@ class _SyncEngine:
                 attempt += 1
                 time.sleep(delay)
                 continue
+            del body  # the sent package, before the answer is opened
             return core.open(answer, pair, payload_id)
 
     def close(self) -> None:

@@ -86,17 +86,22 @@ _TAIL = b"".join(
 
 def encode(package: Package) -> bytes:
     """The package as the UTF-8 JSON object the protocol sends."""
-    parts: list[bytes | bytearray] = [
-        _HEAD, _b64(package.ciphertext),
-        b'","nonce":"', _b64(package.nonce),
-        b'","tag":"', _b64(package.tag),
-        b'"},"encrypted_aes_key":"', _b64(package.wrapped_key),
+    # (field,) pieces are written as base64; the rest as they are
+    pieces: list[Any] = [
+        _HEAD, (package.ciphertext,),
+        b'","nonce":"', (package.nonce,),
+        b'","tag":"', (package.tag,),
+        b'"},"encrypted_aes_key":"', (package.wrapped_key,),
         b'"', _TAIL,
     ]  # fmt: skip
     if package.processed_at is not None:
-        parts += [b',"processed_at":', str(int(package.processed_at)).encode("ascii")]
-    parts.append(b"}")
-    return b"".join(parts)
+        pieces += [b',"processed_at":', str(int(package.processed_at)).encode("ascii")]
+    pieces.append(b"}")
+    return _pack(pieces)
+
+
+def _pack_py(pieces: list[Any]) -> bytes:
+    return b"".join(_b64(p[0]) if isinstance(p, tuple) else p for p in pieces)
 
 
 def _unique_keys(pairs: list[tuple[str, Any]]) -> dict[str, Any]:
@@ -135,16 +140,19 @@ def _unb64_py(text: str) -> bytes | bytearray:
 
 _b64: Callable[[Bytes], bytes | bytearray]
 _unb64: Callable[[str], bytes | bytearray]
+_pack: Callable[[list[Any]], bytes]
 try:  # the C codec: the same rules, about four times faster on large fields
-    from ._native import b64decode as _c_decode
+    from ._native import b64decode_str as _c_decode
     from ._native import b64encode as _c_encode
+    from ._native import pack as _c_pack
 except ImportError:  # pragma: no cover - no extension: binascii
-    _b64, _unb64 = _b64_py, _unb64_py
+    _b64, _unb64, _pack = _b64_py, _unb64_py, _pack_py
 else:
-    _b64 = _c_encode
+    _b64, _pack = _c_encode, _c_pack
 
     def _unb64(text: str) -> bytes | bytearray:
-        return _c_decode(text.encode("ascii"))
+        # TAG_BYTES of spare room: the ciphertext gets its tag appended in place
+        return _c_decode(text, TAG_BYTES)
 
 
 def _field(obj: dict[str, Any], name: str, kind: type) -> Any:

@@ -40,6 +40,12 @@ __all__ = [
     "serialize",
 ]
 
+try:
+    from ._native import utf8_into as _utf8_into
+    from ._native import utf8_size as _utf8_size
+except ImportError:  # pragma: no cover - no extension: encode, copy, wipe
+    _utf8_into = _utf8_size = None  # type: ignore[assignment]
+
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
 )
@@ -136,7 +142,8 @@ def open_decoded(
     package: Package, private_key: rsa.RSAPrivateKey, *, secure: bool = True
 ) -> Buffer:
     """As :func:`open_package`, for a package already decoded (and checked
-    against ``private_key``'s modulus length)."""
+    against ``private_key``'s modulus length).  Consumes the package: a
+    bytearray ciphertext gets the tag appended in place."""
     key = _buffer(AES_KEY_BYTES, secure)
     try:
         try:
@@ -149,8 +156,13 @@ def open_decoded(
             memoryview(key)[:] = raw
         finally:
             wipe(raw)
-        sealed = bytes(package.ciphertext) + bytes(package.tag)
-        plain = _buffer(len(package.ciphertext), secure)
+        size = len(package.ciphertext)
+        sealed = package.ciphertext
+        if isinstance(sealed, bytearray):
+            sealed += package.tag  # in place: decode() left room (this consumes the package)
+        else:
+            sealed = bytes(sealed) + bytes(package.tag)
+        plain = _buffer(size, secure)
         cipher = AESGCM(memoryview(key))
         try:
             cipher.decrypt_into(bytes(package.nonce), sealed, None, memoryview(plain))
@@ -178,15 +190,19 @@ def serialize(obj: Any, *, secure: bool = True) -> Buffer:
     """
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
+        if _utf8_into is not None:  # straight from the str into the buffer
+            buf = _buffer(_utf8_size(text), secure)
+            _utf8_into(text, buf)
+            return buf
         encoded = text.encode("utf-8")
+        try:
+            buf = _buffer(len(encoded), secure)
+            memoryview(buf)[:] = encoded
+            return buf
+        finally:
+            wipe(encoded)
     finally:
-        wipe(text)
-    try:
-        buf = _buffer(len(encoded), secure)
-        memoryview(buf)[:] = encoded
-        return buf
-    finally:
-        wipe(encoded)
+        wipe(text)  # and, for non-ASCII text, the UTF-8 copy CPython keeps in it
 
 
 def seal_json(

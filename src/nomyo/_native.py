@@ -50,6 +50,13 @@ if lib.nomyo_py_register(ffi.cast("void *", id(_namespace))) != 0:
 Region: Any = _namespace["Region"]
 #: wipe_object(obj, max_refs) -> number of objects zeroed in place
 wipe_object: Callable[[object, int], int] = _namespace["wipe_object"]
+#: b64decode_str(text, reserve) -> bytearray (csrc/pyglue.c), strict base64 from a str
+b64decode_str: Callable[[str, int], bytearray] = _namespace["b64decode_str"]
+#: utf8_size(text) / utf8_into(text, buffer): a str's UTF-8 without a bytes copy
+utf8_size: Callable[[str], int] = _namespace["utf8_size"]
+utf8_into: Callable[[str, Any], int] = _namespace["utf8_into"]
+#: pack(pieces) -> bytes: bytes pieces copied, (buffer,) pieces base64-encoded, one allocation
+pack: Callable[[list[Any]], bytes] = _namespace["pack"]
 #: refcount(obj, max_refs) -> the reference count as wipe_object sees it
 refcount: Callable[[object, int], int] = _namespace["refcount"]
 

@@ -165,8 +165,8 @@ class SyncTransport:
         timeout: httpx.Timeout | None = None,
         deadline: float | None = None,
         payload_id: str | None = None,
-    ) -> bytes:
-        """The body of a 2xx answer, read up to ``limit`` bytes.
+    ) -> bytearray:
+        """The body of a 2xx answer, read up to ``limit`` bytes (a new bytearray).
 
         :raises APIError: an error status, an answer over the limit, or (as
             APIConnectionError / APITimeoutError) no answer at all.
@@ -191,7 +191,7 @@ class SyncTransport:
         log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
         if not ok:
             raise _status_error(r, bytes(body[:cap]), payload_id)
-        return bytes(body)
+        return body
 
 
 def _check_declared(r: httpx.Response, cap: int, ok: bool, payload_id: str | None) -> None:
@@ -230,7 +230,7 @@ class AsyncTransport:
         timeout: httpx.Timeout | None = None,
         deadline: float | None = None,
         payload_id: str | None = None,
-    ) -> bytes:
+    ) -> bytearray:
         """As :meth:`SyncTransport.request`."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
@@ -254,4 +254,4 @@ class AsyncTransport:
         log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
         if not ok:
             raise _status_error(r, bytes(body[:cap]), payload_id)
-        return bytes(body)
+        return body

@@ -224,15 +224,19 @@ def echo_completion(request: dict[str, Any]) -> dict[str, Any]:
     Token counts are whitespace-separated words.
     """
     messages = request["messages"]
-    text = next(
-        (_text_of(m.get("content")) for m in reversed(messages) if m.get("role") == "user"), ""
+    last = next(
+        (i for i in range(len(messages) - 1, -1, -1) if messages[i].get("role") == "user"), -1
     )
+    text = _text_of(messages[last].get("content")) if last >= 0 else ""
+    # count the (possibly megabytes of) text once, and split it only to cut it
+    text_words = _words(text)
+    answer_words = text_words
     finish = "stop"
     max_tokens = request.get("max_tokens")
     if isinstance(max_tokens, int) and not isinstance(max_tokens, bool) and max_tokens >= 0:
-        words = text.split()
-        if len(words) > max_tokens:
-            text, finish = " ".join(words[:max_tokens]), "length"
+        if text_words > max_tokens:
+            text, finish = " ".join(text.split()[:max_tokens]), "length"
+            answer_words = max_tokens
     tool_calls = _echo_tool_call(request, text)
     message: dict[str, Any] = {"role": "assistant", "content": text}
     if tool_calls:
@@ -240,8 +244,10 @@ def echo_completion(request: dict[str, Any]) -> dict[str, Any]:
         finish = "tool_calls"
     n = request.get("n", 1)
     n = n if isinstance(n, int) and not isinstance(n, bool) and 1 <= n <= ECHO_MAX_CHOICES else 1
-    prompt_tokens = sum(_words(_text_of(m.get("content"))) for m in messages)
-    completion_tokens = _words(text) * n
+    prompt_tokens = text_words + sum(
+        _words(_text_of(m.get("content"))) for i, m in enumerate(messages) if i != last
+    )
+    completion_tokens = answer_words * n
     return {
         "id": f"chatcmpl-{uuid.uuid4().hex}",
         "object": "chat.completion",
