@@ -21,7 +21,7 @@ import socket
 import ssl
 import sys
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -350,24 +350,31 @@ def _proxy(args: argparse.Namespace) -> int:
         app.add_middleware(
             TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"]
         )
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
+    return _run_uvicorn(
+        uvicorn.Config(
+            app, host=host, port=int(port), log_level=args.log_level, server_header=False
+        ),
+        lambda h, p: f"nomyo proxy: http://{h}:{p}/v1 -> {client.base_url}",
+    )
+
+
+def _run_uvicorn(config: Any, banner: Callable[[str, int], str]) -> int:
+    """Serve until stopped, printing ``banner(host, port)`` for each bound socket
+    once listening (so ``--port 0`` tells which port it got)."""
+    import uvicorn
+
+    logging.basicConfig(
+        level=str(config.log_level).upper(), format="%(levelname)s %(name)s: %(message)s"
+    )
 
     class Server(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
             await super().startup(sockets=sockets)
             for server in self.servers if self.started else ():
                 for sock in server.sockets:
-                    bound_host, bound_port = sock.getsockname()[:2]
-                    print(
-                        f"nomyo proxy: http://{bound_host}:{bound_port}/v1 -> {client.base_url}",
-                        flush=True,
-                    )
+                    print(banner(*sock.getsockname()[:2]), flush=True)
 
-    server = Server(
-        uvicorn.Config(
-            app, host=host, port=int(port), log_level=args.log_level, server_header=False
-        )
-    )
+    server = Server(config)
     asyncio.run(server.serve())
     return EXIT_OK if server.started else EXIT_FAILURE
 
@@ -407,17 +414,7 @@ def _serve(args: argparse.Namespace) -> int:
     )
     print(f"router key fingerprint: {_keys.fingerprint(config.private_key)}", flush=True)
     scheme = "https" if args.certfile else "http"
-    logging.basicConfig(level=args.log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-
-    class Server(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            for server in self.servers if self.started else ():
-                for sock in server.sockets:
-                    host, port = sock.getsockname()[:2]
-                    print(f"nomyo serve: listening on {scheme}://{host}:{port}", flush=True)
-
-    server = Server(
+    return _run_uvicorn(
         uvicorn.Config(
             create_app(config),
             host=args.host,
@@ -426,10 +423,9 @@ def _serve(args: argparse.Namespace) -> int:
             ssl_keyfile=args.keyfile,
             log_level=args.log_level,
             server_header=False,
-        )
+        ),
+        lambda h, p: f"nomyo serve: listening on {scheme}://{h}:{p}",
     )
-    asyncio.run(server.serve())
-    return EXIT_OK if server.started else EXIT_FAILURE
 
 
 # ---------------------------------------------------------------- the parser

@@ -174,30 +174,54 @@ class SyncTransport:
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         try:
             with self._http.stream(method, url, content=content, headers=headers, **kwargs) as r:
-                ok = 200 <= r.status_code < 300  # redirects are not followed: an error
-                cap = limit if ok else MAX_ERROR_BODY_BYTES
-                _check_declared(r, cap, ok, payload_id)
-                body = bytearray()
+                reader = _Reader(r, limit, deadline, url, payload_id)
                 for chunk in r.iter_bytes():
-                    body += chunk
-                    if len(body) > cap:
-                        if ok:
-                            raise _too_large(limit, payload_id, r.status_code)
+                    if not reader.feed(chunk):
                         break
-                    check_deadline(deadline, url, payload_id)
-                check_deadline(deadline, url, payload_id)
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
-        log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
-        if not ok:
-            raise _status_error(r, bytes(body[:cap]), payload_id)
-        return body
+        return reader.result(method)
 
 
-def _check_declared(r: httpx.Response, cap: int, ok: bool, payload_id: str | None) -> None:
-    declared = r.headers.get("content-length", "")
-    if ok and declared.isdigit() and int(declared) > cap:
-        raise _too_large(cap, payload_id, r.status_code)
+class _Reader:
+    """The reading rules both transports share: only 2xx is an answer, read up
+    to ``limit`` (refused at once when Content-Length says more); an error
+    body is read up to MAX_ERROR_BODY_BYTES; the deadline holds throughout."""
+
+    def __init__(
+        self,
+        response: httpx.Response,
+        limit: int,
+        deadline: float | None,
+        url: str,
+        payload_id: str | None,
+    ) -> None:
+        self.response, self.limit, self.deadline = response, limit, deadline
+        self.url, self.payload_id = url, payload_id
+        self.ok = 200 <= response.status_code < 300  # redirects are not followed: an error
+        self.cap = limit if self.ok else MAX_ERROR_BODY_BYTES
+        self.body = bytearray()
+        declared = response.headers.get("content-length", "")
+        if self.ok and declared.isdigit() and int(declared) > self.cap:
+            raise _too_large(self.cap, payload_id, response.status_code)
+
+    def feed(self, chunk: bytes) -> bool:
+        """Take a chunk; False when the rest is not worth reading."""
+        self.body += chunk
+        if len(self.body) > self.cap:
+            if self.ok:
+                raise _too_large(self.limit, self.payload_id, self.response.status_code)
+            return False
+        check_deadline(self.deadline, self.url, self.payload_id)
+        return True
+
+    def result(self, method: str) -> bytearray:
+        check_deadline(self.deadline, self.url, self.payload_id)
+        status = self.response.status_code
+        log.debug("%s %s -> %d (%d bytes)", method, self.url, status, len(self.body))
+        if not self.ok:
+            raise _status_error(self.response, bytes(self.body[: self.cap]), self.payload_id)
+        return self.body
 
 
 # ---------------------------------------------------------------- async
@@ -237,21 +261,10 @@ class AsyncTransport:
             async with self._http.stream(
                 method, url, content=content, headers=headers, **kwargs
             ) as r:
-                ok = 200 <= r.status_code < 300  # redirects are not followed: an error
-                cap = limit if ok else MAX_ERROR_BODY_BYTES
-                _check_declared(r, cap, ok, payload_id)
-                body = bytearray()
+                reader = _Reader(r, limit, deadline, url, payload_id)
                 async for chunk in r.aiter_bytes():
-                    body += chunk
-                    if len(body) > cap:
-                        if ok:
-                            raise _too_large(limit, payload_id, r.status_code)
+                    if not reader.feed(chunk):
                         break
-                    check_deadline(deadline, url, payload_id)
-                check_deadline(deadline, url, payload_id)
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
-        log.debug("%s %s -> %d (%d bytes)", method, url, r.status_code, len(body))
-        if not ok:
-            raise _status_error(r, bytes(body[:cap]), payload_id)
-        return body
+        return reader.result(method)
