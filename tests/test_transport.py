@@ -631,3 +631,18 @@ def test_get_text_is_capped_at_max_public_key_bytes(kind: str) -> None:
     too_big = b"A" * (MAX_PUBLIC_KEY_BYTES + 1)
     with pytest.raises(APIError, match="max_response_bytes"):
         call(kind, lambda r: httpx.Response(200, content=too_big), get_text=True)
+
+
+def test_async_pools_open_only_when_every_pool_is_busy() -> None:
+    from nomyo._constants import POOL_SHARD_REQUESTS
+
+    transport = AsyncTransport(verify=True, timeout=httpx.Timeout(5))
+    assert transport._pick() == 0  # one request at a time: always the first pool
+    transport._busy[0] = POOL_SHARD_REQUESTS - 1
+    assert transport._pick() == 0 and len(transport._shards) == 1
+    transport._busy[0] = POOL_SHARD_REQUESTS
+    assert transport._pick() == 1 and len(transport._shards) == 2  # a second pool, now
+    transport._busy[1] = POOL_SHARD_REQUESTS
+    transport._busy[0] = 0
+    assert transport._pick() == 0 and len(transport._shards) == 2  # back to the first
+    asyncio.run(transport.aclose())

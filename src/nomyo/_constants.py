@@ -63,6 +63,10 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 RETRY_AFTER_CAP = 60.0
+#: requests in flight per httpx pool before the async client opens another pool:
+#: httpcore checks every connection of a pool for every waiting request
+#: (encode/httpcore#1035), so a few small pools cost far less than one big one
+POOL_SHARD_REQUESTS = 4
 #: the most nomyo reads of an error body or of the router's public key
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_PUBLIC_KEY_BYTES = 64 * 1024

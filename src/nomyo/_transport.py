@@ -26,6 +26,7 @@ from ._constants import (
     MAX_ERROR_BODY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
     MAX_RETRY_DELAY,
+    POOL_SHARD_REQUESTS,
     RETRY_AFTER_CAP,
     RETRY_STATUSES,
 )
@@ -228,16 +229,50 @@ class _Reader:
 
 
 class AsyncTransport:
-    """Non-blocking HTTP over one pooled ``httpx.AsyncClient`` (bound to the
-    event loop it was made on: the client makes a new one per loop)."""
+    """Non-blocking HTTP over pooled ``httpx.AsyncClient`` s, bound to the event
+    loop they were made on (the client makes a new transport per loop).
+
+    Each request goes to the first pool with fewer than POOL_SHARD_REQUESTS in
+    flight; another pool opens only when all are that busy.  One request at a
+    time (and the key fetch) therefore always share the first pool's single
+    connection, while many in flight avoid httpcore's cost per waiting
+    request, which grows with the pool (encode/httpcore#1035).
+    """
 
     def __init__(self, *, verify: Verify, timeout: httpx.Timeout) -> None:
-        self._http = httpx.AsyncClient(
-            verify=_verify(verify), timeout=timeout, limits=_limits(), follow_redirects=False
+        self._verify = _verify(verify)
+        self._timeout = timeout
+        self._shards: list[httpx.AsyncClient] = []
+        self._busy: list[int] = []
+        self._open_shard()
+
+    @property
+    def _http(self) -> httpx.AsyncClient:
+        """The first pool: the one every request uses while few are in flight."""
+        return self._shards[0]
+
+    @_http.setter
+    def _http(self, client: httpx.AsyncClient) -> None:
+        self._shards[0] = client
+
+    def _open_shard(self) -> httpx.AsyncClient:
+        client = httpx.AsyncClient(
+            verify=self._verify, timeout=self._timeout, limits=_limits(), follow_redirects=False
         )
+        self._shards.append(client)
+        self._busy.append(0)
+        return client
+
+    def _pick(self) -> int:
+        for index, busy in enumerate(self._busy):
+            if busy < POOL_SHARD_REQUESTS:
+                return index
+        self._open_shard()
+        return len(self._shards) - 1
 
     async def aclose(self) -> None:
-        await self._http.aclose()
+        for client in self._shards:
+            await client.aclose()
 
     async def get_text(self, url: str, *, timeout: httpx.Timeout | None = None) -> str:
         body = await self.request("GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES)
@@ -257,8 +292,10 @@ class AsyncTransport:
     ) -> bytearray:
         """As :meth:`SyncTransport.request`."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        shard = self._pick()
+        self._busy[shard] += 1
         try:
-            async with self._http.stream(
+            async with self._shards[shard].stream(
                 method, url, content=content, headers=headers, **kwargs
             ) as r:
                 reader = _Reader(r, limit, deadline, url, payload_id)
@@ -267,4 +304,6 @@ class AsyncTransport:
                         break
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
+        finally:
+            self._busy[shard] -= 1
         return reader.result(method)
