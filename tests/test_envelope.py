@@ -214,3 +214,14 @@ def test_the_c_pack_joins_like_python(pieces: list[Any]) -> None:
     from nomyo import _envelope
 
     assert _envelope._pack(pieces) == _envelope._pack_py(pieces)
+
+
+def test_consume_frees_a_bytearray_once_parsed() -> None:
+    raw = bytearray(encode(package()))
+    assert decode(raw, key_bytes=KEY_BYTES) == package() and len(raw) > 0  # the control
+    assert decode(raw, key_bytes=KEY_BYTES, consume=True) == package()
+    assert raw == bytearray()
+    bad = bytearray(b"not json")
+    with pytest.raises(MalformedPackage):
+        decode(bad, key_bytes=KEY_BYTES, consume=True)
+    assert bad == bytearray()

@@ -431,11 +431,10 @@ class _Core:
         """
         private_key = pair.private_key
         try:
-            package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key))
+            # a bytearray body (ours, from the transport) is freed once parsed
+            package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key), consume=True)
         except MalformedPackage as exc:
             raise SecurityError(_hybrid.OPEN_FAILED) from exc
-        if isinstance(body, bytearray):
-            body.clear()  # public ciphertext, decoded: free it now
         processed_at = package.processed_at
         digest = hashlib.sha256(bytes(package.wrapped_key)).digest()
         with self._seen_lock:

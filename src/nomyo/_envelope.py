@@ -180,8 +180,13 @@ def _bytes_field(obj: dict[str, Any], name: str, length: int | None) -> bytes | 
     return raw
 
 
-def decode(data: bytes | bytearray | memoryview | str, *, key_bytes: int) -> Package:
+def decode(
+    data: bytes | bytearray | memoryview | str, *, key_bytes: int, consume: bool = False
+) -> Package:
     """Parse and check a package addressed to a key of ``key_bytes`` bytes.
+
+    With ``consume``, a bytearray ``data`` is emptied as soon as it is parsed,
+    so a large package is not held twice while its fields are decoded.
 
     :raises MalformedPackage: anything about it is off.
     """
@@ -191,6 +196,9 @@ def decode(data: bytes | bytearray | memoryview | str, *, key_bytes: int) -> Pac
         raise
     except (ValueError, TypeError, RecursionError) as exc:  # JSON, UTF-8, nesting
         raise MalformedPackage("not a JSON object") from exc
+    finally:
+        if consume and isinstance(data, bytearray):
+            data.clear()
     if not isinstance(obj, dict):
         raise MalformedPackage("not a JSON object")
     _exact(obj, "version", PROTOCOL_VERSION)
