@@ -42,7 +42,6 @@ import ssl
 import subprocess
 import sys
 import threading
-import time
 from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +49,11 @@ from typing import Any, TypeVar
 
 import httpx
 import pytest
-import trustme
 from pytest_benchmark.fixture import BenchmarkFixture
 
 from nomyo import SecureChatCompletion, SyncSecureChatCompletion, _keys
 from nomyo._constants import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
+from tests.servers import make_tls, wait_listening
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -83,21 +82,8 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[str]:
 
 
 def _wait_listening(process: subprocess.Popen[str], log: Path) -> Server:
-    """The URL from the ``... listening on URL`` line both servers print once ready."""
-    assert process.stdout is not None
-    lines: list[str] = []
-    deadline = time.monotonic() + 60
-    while time.monotonic() < deadline:
-        line = process.stdout.readline()
-        if not line:
-            break
-        lines.append(line)
-        if "listening on" in line:
-            # keep draining stdout so the server never blocks on a full pipe
-            threading.Thread(target=process.stdout.read, daemon=True).start()
-            return Server(line.rsplit(" ", 1)[1].strip(), process, log)
-    process.kill()
-    raise AssertionError(f"server did not start: {''.join(lines)} {log.read_text()}")
+    url, _lines = wait_listening(process, log)
+    return Server(url, process, log)
 
 
 def _stop(process: subprocess.Popen[str]) -> None:
@@ -117,13 +103,7 @@ def workdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def tls(workdir: Path) -> dict[str, Path]:
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {"ca": workdir / "ca.pem", "cert": workdir / "cert.pem", "key": workdir / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    return paths
+    return make_tls(workdir)
 
 
 @pytest.fixture(scope="module")

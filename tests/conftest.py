@@ -14,13 +14,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-import trustme
 from cryptography.hazmat.primitives.asymmetric import rsa
 
 from nomyo import _keys
 from nomyo.memory import BACKEND
 from tests.faults import FaultRouter
-from tests.servers import API_KEY, Endpoint, start_server, stop
+from tests.servers import API_KEY, Endpoint, make_tls, start_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPRIVILEGED_UID = 65534
@@ -139,14 +138,7 @@ native_only = pytest.mark.skipif(BACKEND != "native", reason="native backend onl
 
 @pytest.fixture(scope="session")
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    folder = tmp_path_factory.mktemp("tls")
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
-    ca.cert_pem.write_to_path(str(paths["ca"]))
-    cert.private_key_pem.write_to_path(str(paths["key"]))
-    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
-    return paths
+    return make_tls(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture(scope="session")

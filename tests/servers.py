@@ -63,6 +63,14 @@ def start_server(
         text=True,
         env={**os.environ, "ROUTER_KEY_PASSWORD": "router key password", **(env or {})},
     )  # fmt: skip
+    url, lines = wait_listening(process, log)
+    return Endpoint(url, process, log, lines, tls["ca"], key)
+
+
+def wait_listening(process: subprocess.Popen[str], log: Path) -> tuple[str, list[str]]:
+    """The URL from the ``... listening on URL`` line a server prints once ready,
+    and its stdout lines, which a thread keeps collecting (so the server never
+    blocks on a full pipe)."""
     assert process.stdout is not None
     lines: list[str] = []
     deadline = time.monotonic() + 60
@@ -72,11 +80,23 @@ def start_server(
             break
         lines.append(line)
         if "listening on" in line:
-            url = line.rsplit(" ", 1)[1].strip()
-            threading.Thread(target=lambda: lines.extend(process.stdout), daemon=True).start()  # type: ignore[arg-type]
-            return Endpoint(url, process, log, lines, tls["ca"], key)
+            threading.Thread(target=lines.extend, args=(process.stdout,), daemon=True).start()
+            return line.rsplit(" ", 1)[1].strip(), lines
     process.kill()
     raise AssertionError(f"server did not start: {''.join(lines)} {log.read_text()}")
+
+
+def make_tls(folder: Path) -> dict[str, Path]:
+    """A trustme CA and a certificate for 127.0.0.1/localhost, as PEM files in ``folder``."""
+    import trustme
+
+    ca = trustme.CA()
+    cert = ca.issue_cert("127.0.0.1", "localhost")
+    paths = {"ca": folder / "ca.pem", "cert": folder / "cert.pem", "key": folder / "key.pem"}
+    ca.cert_pem.write_to_path(str(paths["ca"]))
+    cert.private_key_pem.write_to_path(str(paths["key"]))
+    cert.cert_chain_pems[0].write_to_path(str(paths["cert"]))
+    return paths
 
 
 def stop(endpoint: Endpoint) -> None:

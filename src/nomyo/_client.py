@@ -400,6 +400,14 @@ class _Core:
         log.debug("router key %s", fingerprint)
         return router
 
+    def rotated(self, old: _RouterKey, fresh: _RouterKey) -> bool:
+        """After a 400: resend only if the router's key really changed (the
+        fresh key has already passed the pin in accept_router_key)."""
+        if fresh.fingerprint == old.fingerprint:
+            return False
+        log.info("router key changed to %s: sending again", fresh.fingerprint)
+        return True
+
     # -- sealing and opening
 
     def headers(
@@ -706,9 +714,8 @@ class SecureCompletionClient:
                     raise
                 refetched = True
                 fresh = await self._router_key(force=True)
-                if fresh.fingerprint == router.fingerprint:
+                if not core.rotated(router, fresh):
                     raise
-                log.info("router key changed to %s: sending again", fresh.fingerprint)
                 router = fresh
                 continue
             except APIError as error:
@@ -916,9 +923,8 @@ class _SyncEngine:
                     raise
                 refetched = True
                 fresh = self.router_key(force=True)
-                if fresh.fingerprint == router.fingerprint:
+                if not core.rotated(router, fresh):
                     raise
-                log.info("router key changed to %s: sending again", fresh.fingerprint)
                 router = fresh
                 continue
             except APIError as error:
