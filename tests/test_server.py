@@ -340,3 +340,16 @@ def test_upstream_failures_are_502_503(
                 stop(endpoint)
     finally:
         failing.close()
+
+
+# every character str.split() splits on, a few that it does not, and one non-ASCII space
+_WORDY = st.text(alphabet=" \t\n\x0b\x0c\r\x1c\x1d\x1e\x1f\x85\xa0ab.\x00\x7f", max_size=9000)
+
+
+@settings(max_examples=300, suppress_health_check=[HealthCheck.too_slow])
+@given(head=_WORDY, body=st.sampled_from(["", "word ", " a\tb\n", "x"]), times=st.integers(0, 2000))
+def test_echo_word_count_is_str_split(head: str, body: str, times: int) -> None:
+    from nomyo.server import _words
+
+    text = head + body * times  # long enough, often, for the fast path
+    assert _words(text) == len(text.split())

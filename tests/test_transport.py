@@ -465,6 +465,24 @@ def test_declared_length_over_the_limit_is_refused_unread(kind: str) -> None:
 
 
 @KINDS
+@pytest.mark.parametrize("announced", [0, 1, 4095, 4096, 8999, 9000, 9001, 10_000])
+def test_body_is_what_arrived_whatever_content_length_said(kind: str, announced: int) -> None:
+    # the buffer is allocated at the announced size; the answer is still
+    # exactly the bytes that came, fewer or more (h11 refuses both on a real
+    # connection; a mock transport lets them through)
+    pieces = [bytes([65 + i % 26]) * min(CHUNK, 9000 - i * CHUNK) for i in range(3)]
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Length": str(announced)}, content=stream(kind, pieces)
+        )
+
+    body = call(kind, handler, limit=10_000)
+    assert body == b"".join(pieces) and len(body) == 9000
+    assert isinstance(body, bytearray)
+
+
+@KINDS
 def test_streamed_body_over_the_limit_stops_reading(kind: str) -> None:
     limit = 10_000
     pulled: list[int] = []

@@ -451,7 +451,7 @@ class _Core:
         plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory)
         del package  # the ciphertext is no longer needed while parsing
         with plain:
-            answer = _hybrid.parse(plain)
+            answer = _hybrid.parse(plain, consume=True)
         with self._seen_lock:
             if digest in self._seen:  # the same package raced in twice
                 raise SecurityError("replayed answer: this package was already received")

@@ -191,14 +191,22 @@ def decode(
     :raises MalformedPackage: anything about it is off.
     """
     try:
-        obj = json.loads(data, object_pairs_hook=_unique_keys)  # type: ignore[arg-type]
-    except MalformedPackage:
-        raise
-    except (ValueError, TypeError, RecursionError) as exc:  # JSON, UTF-8, nesting
+        # UTF-8 only (json.loads would also take UTF-16 and UTF-32), decoded
+        # here so that a consumed body is gone before the fields are made
+        text = data if isinstance(data, str) else str(data, "utf-8")
+    except (UnicodeDecodeError, TypeError) as exc:
         raise MalformedPackage("not a JSON object") from exc
     finally:
         if consume and isinstance(data, bytearray):
             data.clear()
+    try:
+        obj = json.loads(text, object_pairs_hook=_unique_keys)
+    except MalformedPackage:
+        raise
+    except (ValueError, RecursionError) as exc:  # JSON, nesting
+        raise MalformedPackage("not a JSON object") from exc
+    finally:
+        del text
     if not isinstance(obj, dict):
         raise MalformedPackage("not a JSON object")
     _exact(obj, "version", PROTOCOL_VERSION)

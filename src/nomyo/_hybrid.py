@@ -83,17 +83,8 @@ def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
         wipe(raw)
 
 
-def seal(
-    plaintext: Buffer | bytes | bytearray | memoryview,
-    recipient: rsa.RSAPublicKey,
-    *,
-    processed_at: int | None = None,
-) -> bytes:
-    """Encrypt ``plaintext`` into a package only ``recipient``'s private key opens.
-
-    A new AES key and nonce every call.  The plaintext is read in place.
-    """
-    view = memoryview(plaintext)
+def _encrypt(view: memoryview, recipient: rsa.RSAPublicKey) -> tuple[bytearray, bytes, bytes]:
+    """(ciphertext + tag, nonce, wrapped key) of ``view`` under a new AES key."""
     sealed = bytearray(view.nbytes + TAG_BYTES)
     with SecureBuffer(AES_KEY_BYTES) as key:
         key.fill_random()
@@ -101,8 +92,12 @@ def seal(
         cipher = AESGCM(memoryview(key))
         cipher.encrypt_into(nonce, view, None, sealed)
         del cipher  # it holds a view of the key: let go before the key closes
-        wrapped = _wrap_key(key, recipient)
-    view.release()
+        return sealed, nonce, _wrap_key(key, recipient)
+
+
+def _package(
+    sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None
+) -> bytes:
     out = memoryview(sealed)
     return encode(
         Package(
@@ -113,6 +108,21 @@ def seal(
             processed_at=processed_at,
         )
     )
+
+
+def seal(
+    plaintext: Buffer | bytes | bytearray | memoryview,
+    recipient: rsa.RSAPublicKey,
+    *,
+    processed_at: int | None = None,
+) -> bytes:
+    """Encrypt ``plaintext`` into a package only ``recipient``'s private key opens.
+
+    A new AES key and nonce every call.  The plaintext is read in place.
+    """
+    with memoryview(plaintext) as view:
+        parts = _encrypt(view, recipient)
+    return _package(*parts, processed_at)
 
 
 def _modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
@@ -212,20 +222,32 @@ def seal_json(
     processed_at: int | None = None,
     secure: bool = True,
 ) -> bytes:
-    """Serialize ``obj`` into secure memory and seal it to ``recipient``."""
-    with serialize(obj, secure=secure) as buf:
-        return seal(buf, recipient, processed_at=processed_at)
+    """Serialize ``obj`` into secure memory and seal it to ``recipient``.
+
+    The plaintext buffer is closed once encrypted, before the package (a
+    third of it larger again, as base64) is built.
+    """
+    with serialize(obj, secure=secure) as buf, memoryview(buf) as view:
+        parts = _encrypt(view, recipient)
+    return _package(*parts, processed_at)
 
 
-def parse(buf: Buffer) -> Any:
+def parse(buf: Buffer, *, consume: bool = False) -> Any:
     """The JSON value in ``buf``; the decoded text is wiped after parsing.
+
+    With ``consume``, ``buf`` is closed as soon as it is decoded to text, so
+    a large plaintext is not held three times over while it is parsed.
 
     :raises nomyo.SecurityError: not UTF-8 JSON (the message says no more).
     """
     try:
-        text = str(memoryview(buf), "utf-8")
+        with memoryview(buf) as view:
+            text = str(view, "utf-8")
     except UnicodeDecodeError as exc:
         raise SecurityError("the decrypted payload is not valid JSON") from exc
+    finally:
+        if consume:
+            buf.close()
     try:
         return json.loads(text)
     except (ValueError, RecursionError) as exc:

@@ -202,14 +202,25 @@ class _Reader:
         self.ok = 200 <= response.status_code < 300  # redirects are not followed: an error
         self.cap = limit if self.ok else MAX_ERROR_BODY_BYTES
         self.body = bytearray()
+        self.filled = 0
         declared = response.headers.get("content-length", "")
-        if self.ok and declared.isdigit() and int(declared) > self.cap:
-            raise _too_large(self.cap, payload_id, response.status_code)
+        if self.ok and declared.isdigit():
+            if int(declared) > self.cap:
+                raise _too_large(self.cap, payload_id, response.status_code)
+            # one allocation of the announced size, filled in place: growing a
+            # bytearray chunk by chunk leaves copies of megabytes in the heap
+            self.body = bytearray(int(declared))
 
     def feed(self, chunk: bytes) -> bool:
         """Take a chunk; False when the rest is not worth reading."""
-        self.body += chunk
-        if len(self.body) > self.cap:
+        end = self.filled + len(chunk)
+        if end <= len(self.body):
+            self.body[self.filled : end] = chunk
+        else:  # more than announced (h11 refuses that anyway): keep it all
+            del self.body[self.filled :]
+            self.body += chunk
+        self.filled = end
+        if self.filled > self.cap:
             if self.ok:
                 raise _too_large(self.limit, self.payload_id, self.response.status_code)
             return False
@@ -218,6 +229,7 @@ class _Reader:
 
     def result(self, method: str) -> bytearray:
         check_deadline(self.deadline, self.url, self.payload_id)
+        del self.body[self.filled :]  # less than announced (h11 refuses that too)
         status = self.response.status_code
         log.debug("%s %s -> %d (%d bytes)", method, self.url, status, len(self.body))
         if not self.ok:
