@@ -67,7 +67,7 @@ ffibuilder.set_source(
     "void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);\n"
     "size_t nomyo_b64_decoded_max(size_t n);\n"
     "long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);\n",
-    sources=[_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c")],
+    sources=[_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c"), _rel("jsonenc.c")],
     include_dirs=[_rel(".")],
     extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"],
     # pyglue.c defines a type with the buffer protocol and reads str internals:

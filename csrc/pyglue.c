@@ -519,7 +519,14 @@ done:
     return out;
 }
 
+/* csrc/jsonenc.c */
+PyObject *nomyo_json_size(PyObject *module, PyObject *obj);
+PyObject *nomyo_json_into(PyObject *module, PyObject *args);
+
 static PyMethodDef glue_functions[] = {
+    {"json_size", nomyo_json_size, METH_O, "json_size(obj) -> bytes of its compact UTF-8 JSON"},
+    {"json_into", nomyo_json_into, METH_VARARGS,
+     "json_into(obj, buffer) -> bytes written (exactly json_size(obj))"},
     {"utf8_size", py_utf8_size, METH_O, "utf8_size(text) -> length of its UTF-8"},
     {"utf8_into", py_utf8_into, METH_VARARGS, "utf8_into(text, buffer) -> bytes written"},
     {"pack", py_pack, METH_O, "pack(pieces) -> bytes; (buffer,) pieces as base64"},

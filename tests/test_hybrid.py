@@ -173,8 +173,10 @@ def test_transient_copies_are_really_wiped(
 
     monkeypatch.setattr(_hybrid, "wipe", spy)
     sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
-    # the JSON text (its UTF-8 goes straight into secure memory), the raw AES key
-    assert seen == [("str", 1), ("bytes", 1)]
+    if _hybrid._json_size is None:  # no extension: the JSON text, then the raw AES key
+        assert seen == [("str", 1), ("bytes", 1)]
+    else:  # the JSON is written straight into secure memory: only the raw AES key
+        assert seen == [("bytes", 1)]
     seen.clear()
     assert _hybrid.open_json(sealed, client_key) == REQUEST
     assert seen == [("bytes", 1), ("str", 1)]  # unwrapped AES key, decoded JSON text
@@ -206,3 +208,152 @@ def test_serialize_writes_exact_utf8(text: str) -> None:
             bytes(memoryview(buf))
             == json.dumps(value, separators=(",", ":"), ensure_ascii=False).encode()
         )
+
+
+# ------------------------------------------------------------------ serialize (csrc/jsonenc.c)
+
+
+class _Dict(dict):  # type: ignore[type-arg]
+    pass
+
+
+class _Int(int):
+    def __repr__(self) -> str:  # json ignores this: int.__repr__ is what it writes
+        return "not a number"
+
+
+class _Str(str):
+    pass
+
+
+def _dumps(value: Any) -> bytes:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode()
+
+
+_odd_keys = (
+    st.text()
+    | st.integers()
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.none()
+    | st.booleans()
+)
+_odd_values = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.integers().map(_Int)
+    | st.floats(allow_nan=False, allow_infinity=False)
+    | st.text()
+    | st.text().map(_Str)
+    | st.text(alphabet=st.characters(max_codepoint=0x40)),  # escapes, densely
+    lambda inner: (
+        st.lists(inner, max_size=4)
+        | st.lists(inner, max_size=4).map(tuple)
+        | st.dictionaries(_odd_keys, inner, max_size=4)
+        | st.dictionaries(st.text(), inner, max_size=4).map(_Dict)
+    ),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=1000, deadline=None)
+@given(_odd_values)
+def test_serialize_is_byte_for_byte_json_dumps(value: Any) -> None:
+    with _hybrid.serialize(value) as buf:
+        assert bytes(memoryview(buf)) == _dumps(value)
+
+
+def _cycle() -> list[Any]:
+    loop: list[Any] = []
+    loop.append(loop)
+    return loop
+
+
+@pytest.mark.parametrize(
+    "value",
+    [
+        float("nan"),
+        {"t": float("inf")},
+        [float("-inf")],
+        {(1, 2): "tuple key"},
+        {1, 2},
+        b"bytes",
+        object(),
+        {"a": [1, {"b": _cycle()}]},
+        {"k": "\ud800 lone surrogate"},
+        {float("nan"): 1},
+    ],
+)
+def test_serialize_refuses_what_json_refuses(value: Any) -> None:
+    try:
+        _dumps(value)
+    except (TypeError, ValueError) as exc:
+        expected: type[Exception] = type(exc)
+    else:
+        raise AssertionError(f"json.dumps took {value!r}")
+    if expected is UnicodeEncodeError:  # json writes the surrogate; UTF-8 refuses it
+        expected = ValueError
+    with pytest.raises(expected):
+        _hybrid.serialize(value)
+
+
+def test_serialize_refuses_absurd_nesting() -> None:
+    deep: Any = "leaf"
+    for _ in range(100_000):
+        deep = [deep]
+    with pytest.raises(RecursionError):
+        _hybrid.serialize(deep)
+    with pytest.raises(RecursionError):  # the control: json refuses it the same way
+        _dumps(deep)
+
+
+@native_only
+def test_json_into_refuses_a_buffer_of_another_size() -> None:
+    # what json_into sees if the object changes after json_size (another thread)
+    from nomyo import _native
+
+    value = {"content": "grows"}
+    size = _native.json_size(value)
+    for wrong in (size - 1, size + 1, 0):
+        with pytest.raises(ValueError, match="changed while"):
+            _native.json_into(value, bytearray(wrong))
+    exact = bytearray(size)
+    assert _native.json_into(value, exact) == size and bytes(exact) == _dumps(value)
+
+
+@native_only
+def test_serialize_closes_its_buffer_when_writing_fails(monkeypatch: pytest.MonkeyPatch) -> None:
+    from nomyo import _native
+
+    made: list[SecureBuffer] = []
+    real = _hybrid._buffer
+
+    def spy(size: int, secure: bool) -> Any:
+        made.append(real(size, secure))
+        return made[-1]
+
+    monkeypatch.setattr(_hybrid, "_buffer", spy)
+    monkeypatch.setattr(_hybrid, "_json_size", lambda obj: _native.json_size(obj) + 1)
+    with pytest.raises(ValueError, match="changed while"):
+        _hybrid.serialize({"content": "half written"})
+    assert len(made) == 1 and made[0].closed
+
+
+@native_only
+def test_serialize_makes_no_python_copy_of_the_text() -> None:
+    import tracemalloc
+
+    text = "".join(["probe ", "x" * (4 << 20)])  # 4 MiB, made before tracing
+    value = {"messages": [{"role": "user", "content": text}]}
+    tracemalloc.start()
+    try:
+        with _hybrid.serialize(value):
+            ours = tracemalloc.get_traced_memory()[1]
+        tracemalloc.reset_peak()
+        copy = _dumps(value)
+        theirs = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    del copy
+    assert theirs > 4 << 20  # the control: json.dumps + encode hold copies of the text
+    assert ours < 64 << 10  # the secure buffer is mmap'd: nothing the size of the text

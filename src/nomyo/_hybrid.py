@@ -41,10 +41,10 @@ __all__ = [
 ]
 
 try:
-    from ._native import utf8_into as _utf8_into
-    from ._native import utf8_size as _utf8_size
-except ImportError:  # pragma: no cover - no extension: encode, copy, wipe
-    _utf8_into = _utf8_size = None  # type: ignore[assignment]
+    from ._native import json_into as _json_into
+    from ._native import json_size as _json_size
+except ImportError:  # pragma: no cover - no extension: json.dumps, encode, copy, wipe
+    _json_into = _json_size = None  # type: ignore[assignment]
 
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -95,9 +95,7 @@ def _encrypt(view: memoryview, recipient: rsa.RSAPublicKey) -> tuple[bytearray, 
         return sealed, nonce, _wrap_key(key, recipient)
 
 
-def _package(
-    sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None
-) -> bytes:
+def _package(sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None) -> bytes:
     out = memoryview(sealed)
     return encode(
         Package(
@@ -194,16 +192,25 @@ def modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
 def serialize(obj: Any, *, secure: bool = True) -> Buffer:
     """``obj`` as compact UTF-8 JSON in a new buffer (caller closes it).
 
-    The str and bytes json and UTF-8 encoding make on the way are wiped.
+    With the C extension the JSON is written straight into the buffer (see
+    csrc/jsonenc.c): no str or bytes copy of it exists.  Without it,
+    json.dumps and the UTF-8 encoding make one each, wiped once copied; the
+    escaped copy of each string that json.dumps makes on the way is freed
+    unwiped (the fallback's documented limit).
 
-    :raises TypeError, ValueError: ``obj`` is not JSON-serializable (NaN included).
+    :raises TypeError, ValueError: ``obj`` is not JSON-serializable (NaN,
+        circular references and lone surrogates included).
     """
+    if _json_size is not None:
+        buf = _buffer(_json_size(obj), secure)
+        try:
+            _json_into(obj, buf)
+        except BaseException:
+            buf.close()  # it may hold part of the text
+            raise
+        return buf
     text = json.dumps(obj, separators=(",", ":"), ensure_ascii=False, allow_nan=False)
     try:
-        if _utf8_into is not None:  # straight from the str into the buffer
-            buf = _buffer(_utf8_size(text), secure)
-            _utf8_into(text, buf)
-            return buf
         encoded = text.encode("utf-8")
         try:
             buf = _buffer(len(encoded), secure)

@@ -57,6 +57,11 @@ utf8_size: Callable[[str], int] = _namespace["utf8_size"]
 utf8_into: Callable[[str, Any], int] = _namespace["utf8_into"]
 #: pack(pieces) -> bytes: bytes pieces copied, (buffer,) pieces base64-encoded, one allocation
 pack: Callable[[list[Any]], bytes] = _namespace["pack"]
+#: json_size(obj) / json_into(obj, buffer): compact UTF-8 JSON written straight into a
+#: buffer of exactly json_size(obj) bytes, as json.dumps(separators=(",", ":"),
+#: ensure_ascii=False, allow_nan=False) would give it (csrc/jsonenc.c)
+json_size: Callable[[object], int] = _namespace["json_size"]
+json_into: Callable[[object, Any], int] = _namespace["json_into"]
 #: refcount(obj, max_refs) -> the reference count as wipe_object sees it
 refcount: Callable[[object, int], int] = _namespace["refcount"]
 
