@@ -44,6 +44,7 @@ extern const int NOMYO_HAVE_MEMFD_SECRET;
 int nomyo_init(void);
 size_t nomyo_page_size(void);
 void nomyo_zero(void *p, size_t n);
+void nomyo_scrub_stack(void);
 int nomyo_random(void *p, size_t n);
 int nomyo_memfd_secret_usable(void);
 size_t nomyo_cache_trim(void);

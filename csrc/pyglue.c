@@ -359,6 +359,8 @@ static PyObject *py_wipe_object(PyObject *module, PyObject *args)
     if (!PyArg_ParseTuple(args, "On", &op, &max_refs))
         return NULL;
     n = wipe_any(op, max_refs, 0);
+    if (n > 0)
+        nomyo_scrub_stack(); /* and what copying the objects left in registers and below */
     return n < 0 ? NULL : PyLong_FromSsize_t(n);
 }
 

@@ -83,6 +83,11 @@ size_t nomyo_page_size(void);
 nomyo_region *nomyo_alloc(size_t size, int flags);
 void nomyo_free(nomyo_region *r);
 void nomyo_zero(void *p, size_t n);
+
+/* how much stack nomyo_scrub_stack() zeroes */
+#define NOMYO_SCRUB_BYTES (32 * 1024)
+void nomyo_scrub_stack(void);
+void nomyo_clear_vector_registers(void);
 int nomyo_random(void *p, size_t n);
 int nomyo_memfd_secret_usable(void);
 int nomyo_forked(const nomyo_region *r);

@@ -43,8 +43,12 @@ __all__ = [
 try:
     from ._native import json_into as _json_into
     from ._native import json_size as _json_size
+    from ._native import scrub_stack as _scrub_stack
 except ImportError:  # pragma: no cover - no extension: json.dumps, encode, copy, wipe
     _json_into = _json_size = None  # type: ignore[assignment]
+
+    def _scrub_stack() -> None:  # Python cannot reach the C stack
+        pass
 
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
@@ -92,6 +96,7 @@ def _encrypt(view: memoryview, recipient: rsa.RSAPublicKey) -> tuple[bytearray, 
         cipher = AESGCM(memoryview(key))
         cipher.encrypt_into(nonce, view, None, sealed)
         del cipher  # it holds a view of the key: let go before the key closes
+        _scrub_stack()  # OpenSSL's frames may have left plaintext blocks there
         return sealed, nonce, _wrap_key(key, recipient)
 
 
@@ -158,6 +163,8 @@ def open_decoded(
             raw = private_key.decrypt(bytes(package.wrapped_key), _OAEP)
         except ValueError as exc:
             raise SecurityError(OPEN_FAILED) from exc
+        finally:
+            _scrub_stack()  # the unwrapped key may linger in OpenSSL's frames
         try:
             if len(raw) != AES_KEY_BYTES:
                 raise SecurityError(OPEN_FAILED)
@@ -179,6 +186,7 @@ def open_decoded(
             raise SecurityError(OPEN_FAILED) from exc
         finally:
             del cipher
+            _scrub_stack()  # so may blocks of the plaintext
         return plain
     finally:
         key.close()

@@ -82,6 +82,12 @@ def memfd_secret_usable() -> bool:
     return bool(lib.nomyo_memfd_secret_usable())
 
 
+def scrub_stack() -> None:
+    """Zero 32 KiB of this thread's stack below the caller: what the frames of
+    an OpenSSL call that just returned may have left there."""
+    lib.nomyo_scrub_stack()
+
+
 def cache_trim() -> int:
     """Unlock and unmap every cached free region; returns the pages released."""
     return int(lib.nomyo_cache_trim())
