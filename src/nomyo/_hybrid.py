@@ -50,6 +50,7 @@ except ImportError:  # pragma: no cover - no extension: json.dumps, encode, copy
     def _scrub_stack() -> None:  # Python cannot reach the C stack
         pass
 
+
 _OAEP = padding.OAEP(
     mgf=padding.MGF1(algorithm=hashes.SHA256()), algorithm=hashes.SHA256(), label=None
 )
