@@ -350,6 +350,7 @@ class _Core:
         self._seen_lock = threading.Lock()
         self.key_url = self.base_url + PUBLIC_KEY_PATH
         self.post_url = self.base_url + COMPLETION_PATH
+        self.pid = os.getpid()
 
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.base_url}>"
@@ -357,7 +358,7 @@ class _Core:
     def with_base_url(self, base_url: str) -> _Core:
         """The same settings and key pair, for another router (a per-call base_url)."""
         options = self._options
-        return _Core(
+        core = _Core(
             base_url,
             options["allow_http"],
             options["api_key"],
@@ -369,8 +370,26 @@ class _Core:
             verify=options["verify"],
             keys=self.keys,
         )
+        core.pid = self.pid  # the key pair's process, forked or not
+        return core
 
     # -- router key
+
+    def check_process(self) -> None:
+        """Refuse to work in a process forked from the one that made the client.
+
+        A child shares the parent's TLS connections (both would write to the
+        same sockets), may lack the thread that was still generating the key
+        pair, and its secure memory reads zeros (MADV_WIPEONFORK): nothing it
+        sent would be safe, so nothing is sent.
+
+        :raises nomyo.SecurityError: this is a forked child.
+        """
+        if os.getpid() != self.pid:
+            raise SecurityError(
+                f"this client was created in process {self.pid} and cannot be used in "
+                f"process {os.getpid()}, forked from it: create a new client after fork()"
+            )
 
     def cached_router_key(self) -> _RouterKey | None:
         router = self.router
@@ -426,6 +445,7 @@ class _Core:
         return headers
 
     def seal(self, payload: Any, router: _RouterKey) -> bytes:
+        self.check_process()
         return _hybrid.seal_json(payload, router.key, secure=self.secure_memory)
 
     def open(self, body: bytes | bytearray, pair: KeyPair, payload_id: str) -> dict[str, Any]:
@@ -437,6 +457,7 @@ class _Core:
         :raises SecurityError: fails authentication (no detail which check),
             was already seen (a replay), or answers another request.
         """
+        self.check_process()
         private_key = pair.private_key
         try:
             # a bytearray body (ours, from the transport) is freed once parsed
@@ -620,6 +641,7 @@ class SecureCompletionClient:
 
     async def _router_key(self, *, force: bool = False) -> _RouterKey:
         core = self._core
+        core.check_process()  # before any connection is used
         if not force and (cached := core.cached_router_key()) is not None:
             return cached
         transport, lock = await self._for_this_loop()
@@ -888,6 +910,7 @@ class _SyncEngine:
 
     def router_key(self, *, force: bool = False) -> _RouterKey:
         core = self._core
+        core.check_process()  # before any connection is used
         if not force and (cached := core.cached_router_key()) is not None:
             return cached
         with self._fetch_lock:
