@@ -328,8 +328,8 @@ def test_serialize_closes_its_buffer_when_writing_fails(monkeypatch: pytest.Monk
     made: list[SecureBuffer] = []
     real = _hybrid._buffer
 
-    def spy(size: int, secure: bool) -> Any:
-        made.append(real(size, secure))
+    def spy(size: int, secure: bool, locked: bool = False) -> Any:
+        made.append(real(size, secure, locked))
         return made[-1]
 
     monkeypatch.setattr(_hybrid, "_buffer", spy)

@@ -46,7 +46,7 @@ from typing import Any
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
 
-from . import _hybrid, _keys
+from . import _hybrid, _keys, memory
 from ._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -444,11 +444,33 @@ class _Core:
             headers["X-Security-Tier"] = tier
         return headers
 
-    def seal(self, payload: Any, router: _RouterKey) -> bytes:
-        self.check_process()
-        return _hybrid.seal_json(payload, router.key, secure=self.secure_memory)
+    def locked(self, tier: str | None) -> bool:
+        """Whether this request's secrets must all be in locked memory (the
+        ``maximum`` tier); checked before anything is sent.
 
-    def open(self, body: bytes | bytearray, pair: KeyPair, payload_id: str) -> dict[str, Any]:
+        :raises nomyo.SecurityError: ``maximum`` without secure memory that
+            can be locked (``secure_memory=False`` or the Python fallback).
+        """
+        if tier != "maximum":
+            return False
+        if not self.secure_memory:
+            raise SecurityError("security_tier='maximum' needs secure_memory=True")
+        if memory.BACKEND != "native":
+            raise SecurityError(
+                "security_tier='maximum' needs nomyo's native secure memory, and the "
+                "Python fallback is in use: it cannot lock memory"
+            )
+        return True
+
+    def seal(self, payload: Any, router: _RouterKey, *, locked: bool = False) -> bytes:
+        """``payload`` sealed to ``router``; with ``locked``, SecurityError
+        rather than a secret in memory that mlock does not hold."""
+        self.check_process()
+        return _hybrid.seal_json(payload, router.key, secure=self.secure_memory, locked=locked)
+
+    def open(
+        self, body: bytes | bytearray, pair: KeyPair, payload_id: str, *, locked: bool = False
+    ) -> dict[str, Any]:
         """The answer to request ``payload_id``, authenticated and bound to it.
 
         A bytearray ``body`` is consumed: emptied as soon as it is decoded, so a
@@ -469,7 +491,7 @@ class _Core:
         with self._seen_lock:
             if digest in self._seen:
                 raise SecurityError("replayed answer: this package was already received")
-        plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory)
+        plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory, locked=locked)
         del package  # the ciphertext is no longer needed while parsing
         with plain:
             answer = _hybrid.parse(plain, consume=True)
@@ -712,6 +734,7 @@ class SecureCompletionClient:
         deadline: float | None,
     ) -> dict[str, Any]:
         core = self._core
+        locked = core.locked(tier)
         pair = await core.keys.aget()
         router = await self._router_key()
         headers = core.headers(pair, payload_id, api_key, tier)
@@ -719,7 +742,7 @@ class SecureCompletionClient:
         refetched = False
         while True:
             transport, _ = await self._for_this_loop()
-            body = core.seal(payload, router)
+            body = core.seal(payload, router, locked=locked)
             try:
                 answer = await transport.request(
                     "POST",
@@ -748,7 +771,7 @@ class SecureCompletionClient:
                 await asyncio.sleep(delay)
                 continue
             del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id)
+            return core.open(answer, pair, payload_id, locked=locked)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
@@ -922,6 +945,7 @@ class _SyncEngine:
         self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
     ) -> dict[str, Any]:
         core = self._core
+        locked = core.locked(tier)
         deadline = core.deadline()
         pair = core.keys.get()
         router = self.router_key()
@@ -929,7 +953,7 @@ class _SyncEngine:
         attempt = 0
         refetched = False
         while True:
-            body = core.seal(payload, router)
+            body = core.seal(payload, router, locked=locked)
             try:
                 answer = self._http().request(
                     "POST",
@@ -958,7 +982,7 @@ class _SyncEngine:
                 time.sleep(delay)
                 continue
             del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id)
+            return core.open(answer, pair, payload_id, locked=locked)
 
     def close(self) -> None:
         with self._lock:

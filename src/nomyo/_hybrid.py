@@ -76,8 +76,10 @@ class PlainBuffer(bytearray):
 Buffer = SecureBuffer | PlainBuffer
 
 
-def _buffer(size: int, secure: bool) -> Buffer:
-    return SecureBuffer(size) if secure else PlainBuffer(size)
+def _buffer(size: int, secure: bool, locked: bool = False) -> Buffer:
+    """A SecureBuffer (``locked``: one that mlock holds, or SecurityError), or a
+    PlainBuffer when ``secure`` is off."""
+    return SecureBuffer(size, require_locked=locked) if secure else PlainBuffer(size)
 
 
 def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
@@ -88,10 +90,12 @@ def _wrap_key(key: SecureBuffer, recipient: rsa.RSAPublicKey) -> bytes:
         wipe(raw)
 
 
-def _encrypt(view: memoryview, recipient: rsa.RSAPublicKey) -> tuple[bytearray, bytes, bytes]:
+def _encrypt(
+    view: memoryview, recipient: rsa.RSAPublicKey, locked: bool = False
+) -> tuple[bytearray, bytes, bytes]:
     """(ciphertext + tag, nonce, wrapped key) of ``view`` under a new AES key."""
     sealed = bytearray(view.nbytes + TAG_BYTES)
-    with SecureBuffer(AES_KEY_BYTES) as key:
+    with SecureBuffer(AES_KEY_BYTES, require_locked=locked) as key:
         key.fill_random()
         nonce = os.urandom(NONCE_BYTES)
         cipher = AESGCM(memoryview(key))
@@ -153,12 +157,17 @@ def open_package(
 
 
 def open_decoded(
-    package: Package, private_key: rsa.RSAPrivateKey, *, secure: bool = True
+    package: Package, private_key: rsa.RSAPrivateKey, *, secure: bool = True, locked: bool = False
 ) -> Buffer:
     """As :func:`open_package`, for a package already decoded (and checked
     against ``private_key``'s modulus length).  Consumes the package: a
-    bytearray ciphertext gets the tag appended in place."""
-    key = _buffer(AES_KEY_BYTES, secure)
+    bytearray ciphertext gets the tag appended in place.
+
+    With ``locked``, the AES key and the plaintext go only into memory that
+    mlock holds: :class:`nomyo.SecurityError` (before anything is decrypted)
+    where it cannot.
+    """
+    key = _buffer(AES_KEY_BYTES, secure, locked)
     try:
         try:
             raw = private_key.decrypt(bytes(package.wrapped_key), _OAEP)
@@ -178,7 +187,7 @@ def open_decoded(
             sealed += package.tag  # in place: decode() left room (this consumes the package)
         else:
             sealed = bytes(sealed) + bytes(package.tag)
-        plain = _buffer(size, secure)
+        plain = _buffer(size, secure, locked)
         cipher = AESGCM(memoryview(key))
         try:
             cipher.decrypt_into(bytes(package.nonce), sealed, None, memoryview(plain))
@@ -198,7 +207,7 @@ def modulus_bytes(private_key: rsa.RSAPrivateKey) -> int:
     return _modulus_bytes(private_key)
 
 
-def serialize(obj: Any, *, secure: bool = True) -> Buffer:
+def serialize(obj: Any, *, secure: bool = True, locked: bool = False) -> Buffer:
     """``obj`` as compact UTF-8 JSON in a new buffer (caller closes it).
 
     With the C extension the JSON is written straight into the buffer (see
@@ -211,7 +220,7 @@ def serialize(obj: Any, *, secure: bool = True) -> Buffer:
         circular references and lone surrogates included).
     """
     if _json_size is not None:
-        buf = _buffer(_json_size(obj), secure)
+        buf = _buffer(_json_size(obj), secure, locked)
         try:
             _json_into(obj, buf)
         except BaseException:
@@ -222,7 +231,7 @@ def serialize(obj: Any, *, secure: bool = True) -> Buffer:
     try:
         encoded = text.encode("utf-8")
         try:
-            buf = _buffer(len(encoded), secure)
+            buf = _buffer(len(encoded), secure, locked)
             memoryview(buf)[:] = encoded
             return buf
         finally:
@@ -237,14 +246,15 @@ def seal_json(
     *,
     processed_at: int | None = None,
     secure: bool = True,
+    locked: bool = False,
 ) -> bytes:
     """Serialize ``obj`` into secure memory and seal it to ``recipient``.
 
     The plaintext buffer is closed once encrypted, before the package (a
     third of it larger again, as base64) is built.
     """
-    with serialize(obj, secure=secure) as buf, memoryview(buf) as view:
-        parts = _encrypt(view, recipient)
+    with serialize(obj, secure=secure, locked=locked) as buf, memoryview(buf) as view:
+        parts = _encrypt(view, recipient, locked)
     return _package(*parts, processed_at)
 
 
