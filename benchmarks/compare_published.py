@@ -228,7 +228,8 @@ def serve_echo(certfile: str, keyfile: str, router: str = "", client_pub: str = 
     client_key = _keys.load_public_key(Path(client_pub).read_bytes()) if client_pub else None
 
     def router_work(body: bytes, answer: dict[str, Any]) -> None:
-        assert router_key is not None and client_key is not None
+        assert router_key is not None
+        assert client_key is not None
         package = _hybrid.seal(body, router_key.public_key())
         with _hybrid.open_package(package, router_key):
             pass
@@ -914,8 +915,9 @@ def main() -> None:
             [sys.executable, __file__, "--serve-echo", str(cert), str(key)], folder / "echo.log"
         )
         public = key_dir / "public_key.pem"
+        matched_args = [str(cert), str(key), str(router), str(public)]
         matched = Server(
-            [sys.executable, __file__, "--serve-echo", str(cert), str(key), str(router), str(public)],
+            [sys.executable, __file__, "--serve-echo", *matched_args],
             folder / "echo-matched.log",
         )
         try:

@@ -95,9 +95,7 @@ def _encrypt(view: memoryview, recipient: rsa.RSAPublicKey) -> tuple[bytearray, 
         return sealed, nonce, _wrap_key(key, recipient)
 
 
-def _package(
-    sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None
-) -> bytes:
+def _package(sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None) -> bytes:
     out = memoryview(sealed)
     return encode(
         Package(

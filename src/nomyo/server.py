@@ -190,9 +190,7 @@ def _text_of(content: Any) -> str:
 
 
 #: ASCII characters str.split() splits on -> b" ", every other one -> b"x"
-_WORD_MARKS = bytes(
-    ord(" ") if chr(c).isspace() else ord("x") for c in range(128)
-) + b"x" * 128
+_WORD_MARKS = bytes(ord(" ") if chr(c).isspace() else ord("x") for c in range(128)) + b"x" * 128
 
 
 def _words(text: str) -> int:
