@@ -11,6 +11,9 @@ entry points of ``sanitize_selftest.c`` compiled in.  The normal build never
 has either.  The lane builds out of tree, never into ``src/nomyo``::
 
     cd build/sanitize && NOMYO_SANITIZE=address,undefined python ../../csrc/build.py
+
+and keeps the variable set while its tests run: that is how
+tests/test_sanitize.py knows it is in the lane.
 """
 
 from __future__ import annotations
