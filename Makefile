@@ -87,4 +87,4 @@ sanitize: sanitize-build
 	exit $$status
 
 clean:
-	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
