@@ -2,10 +2,23 @@
 
 The declarations below are the whole C surface the package sees; the one
 module that imports the compiled result is ``nomyo._native``.
+
+``NOMYO_SANITIZE=address,undefined`` (or just ``address``) builds for the
+sanitizer lane (``make sanitize``): instrumented, ``-O1 -g`` with frame
+pointers, ``NOMYO_SANITIZE_BUILD`` defined (mlock through the raw syscall,
+which the sanitizer runtimes otherwise turn into a no-op) and the test-only
+entry points of ``sanitize_selftest.c`` compiled in.  The normal build never
+has either.  The lane builds out of tree, never into ``src/nomyo``::
+
+    cd build/sanitize && NOMYO_SANITIZE=address,undefined python ../../csrc/build.py
+
+and keeps the variable set while its tests run: that is how
+tests/test_sanitize.py knows it is in the lane.
 """
 
 from __future__ import annotations
 
+import os
 import pathlib
 
 from cffi import FFI
@@ -59,18 +72,52 @@ size_t nomyo_b64_decoded_max(size_t n);
 long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
 """
 
+PREAMBLE = """#include "securemem.h"
+int nomyo_py_register(void *namespace);
+size_t nomyo_b64_encoded_len(size_t n);
+void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
+size_t nomyo_b64_decoded_max(size_t n);
+long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
+"""
+
+# sanitize_selftest.c: only in NOMYO_SANITIZE builds
+SELFTEST_CDEF = """
+int nomyo_selftest_heap_read(size_t size, size_t index);
+int nomyo_selftest_shift(int value, int by);
+"""
+
+
+def _sanitizers() -> list[str]:
+    names = [n.strip() for n in os.environ.get("NOMYO_SANITIZE", "").split(",") if n.strip()]
+    unknown = set(names) - {"address", "undefined"}
+    if unknown:
+        raise ValueError(f"NOMYO_SANITIZE: unknown sanitizer(s) {sorted(unknown)}")
+    return names
+
+
+SANITIZE = _sanitizers()
+sources = [_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c"), _rel("jsonenc.c")]
+compile_args = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
+link_args: list[str] = []
+if SANITIZE:
+    flag = "-fsanitize=" + ",".join(SANITIZE)
+    # later -O wins over Python's own CFLAGS and the -O2 above
+    compile_args += [flag, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
+    compile_args += ["-DNOMYO_SANITIZE_BUILD=1"]
+    link_args += [flag]
+    sources.append(_rel("sanitize_selftest.c"))
+    CDEF += SELFTEST_CDEF
+    PREAMBLE += SELFTEST_CDEF
+
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "nomyo._securemem",
-    '#include "securemem.h"\nint nomyo_py_register(void *namespace);\n'
-    "size_t nomyo_b64_encoded_len(size_t n);\n"
-    "void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);\n"
-    "size_t nomyo_b64_decoded_max(size_t n);\n"
-    "long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);\n",
-    sources=[_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c"), _rel("jsonenc.c")],
+    PREAMBLE,
+    sources=sources,
     include_dirs=[_rel(".")],
-    extra_compile_args=["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"],
+    extra_compile_args=compile_args,
+    extra_link_args=link_args,
     # pyglue.c defines a type with the buffer protocol and reads str internals:
     # that needs the full C API, not the limited one cffi picks by default
     py_limited_api=False,

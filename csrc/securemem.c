@@ -25,6 +25,16 @@
 #define SYS_memfd_secret 447
 #endif
 
+#ifdef NOMYO_SANITIZE_BUILD
+/* ASan/UBSan runtimes make mlock/munlock no-ops; the sanitizer build calls
+ * the kernel directly so it locks (and is tested) like the normal one */
+#define lock_range(p, n) ((int)syscall(SYS_mlock, (p), (n)))
+#define unlock_range(p, n) ((int)syscall(SYS_munlock, (p), (n)))
+#else
+#define lock_range(p, n) mlock((p), (n))
+#define unlock_range(p, n) munlock((p), (n))
+#endif
+
 const int NOMYO_HAVE_GETRANDOM =
 #if defined(HAVE_GETRANDOM_FN) || defined(SYS_getrandom)
     1;
@@ -299,7 +309,7 @@ static void unmap_region(nomyo_region *r)
 {
     if (!nomyo_forked(r)) {
         if (!(r->flags & NOMYO_F_SECRET))
-            munlock(r->base + page_size, r->total - 2 * page_size);
+            unlock_range(r->base + page_size, r->total - 2 * page_size);
     }
     munmap(r->base, r->total);
     free(r);
@@ -333,11 +343,11 @@ size_t nomyo_cache_pages(void)
 
 static int lock_pages(nomyo_region *r, unsigned char *p, size_t n)
 {
-    if (mlock(p, n) == 0)
+    if (lock_range(p, n) == 0)
         return 0;
     if (errno == ENOMEM || errno == EPERM || errno == EAGAIN) {
         /* the cache holds locked pages: give them back and try once more */
-        if (nomyo_cache_trim() > 0 && mlock(p, n) == 0)
+        if (nomyo_cache_trim() > 0 && lock_range(p, n) == 0)
             return 0;
     }
     r->lock_errno = errno;

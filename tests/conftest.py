@@ -5,6 +5,7 @@ independently of the code under test."""
 from __future__ import annotations
 
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -23,6 +24,12 @@ from tests.servers import API_KEY, Endpoint, make_tls, start_server, stop
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPRIVILEGED_UID = 65534
+
+# `make sanitize` sets NOMYO_SANITIZE.  ASan's reports go to files the Makefile
+# checks; UBSan's go to stderr whatever its log_path says (the preloaded libasan
+# interposes the call that would redirect them), so children's stderr is read.
+SANITIZER_LANE = bool(os.environ.get("NOMYO_SANITIZE"))
+SANITIZER_REPORT = re.compile(r": runtime error: |ERROR: (Address|UndefinedBehavior)Sanitizer")
 
 
 def _no_core_dumps() -> None:
@@ -60,13 +67,16 @@ def run_python(
     memlock: int | None = None,
     preload: str = "",
     timeout: float = 120,
+    sanitizer_report_expected: bool = False,
 ) -> subprocess.CompletedProcess[str]:
     """Run ``code`` in a fresh interpreter (this venv's), core dumps off.
 
     With ``memlock`` (bytes) the code runs as uid/gid 65534 with no
     capabilities and RLIMIT_MEMLOCK set to that value: what a normal user
     sees.  ``preload`` is code run before privileges are dropped (imports of
-    modules the unprivileged user could not read).
+    modules the unprivileged user could not read).  In the sanitizer lane a
+    sanitizer report on the child's stderr fails the test, unless
+    ``sanitizer_report_expected``.
     """
     code = textwrap.dedent(code)
     if memlock is not None:
@@ -74,7 +84,7 @@ def run_python(
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
     full_env.update(env or {})
     full_env["PYTHONDONTWRITEBYTECODE"] = "1"
-    return subprocess.run(
+    proc = subprocess.run(
         [sys.executable, "-c", code],
         capture_output=True,
         text=True,
@@ -84,6 +94,9 @@ def run_python(
         preexec_fn=_no_core_dumps,
         check=False,
     )
+    if SANITIZER_LANE and not sanitizer_report_expected:
+        assert not SANITIZER_REPORT.search(proc.stderr), proc.stderr
+    return proc
 
 
 def can_drop_privileges() -> bool:
