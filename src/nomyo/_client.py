@@ -618,7 +618,9 @@ class SecureCompletionClient:
         self._fetch_lock = asyncio.Lock()
         return transport, self._fetch_lock
 
-    async def _router_key(self, *, force: bool = False) -> _RouterKey:
+    async def _router_key(
+        self, *, force: bool = False, deadline: float | None = None
+    ) -> _RouterKey:
         core = self._core
         if not force and (cached := core.cached_router_key()) is not None:
             return cached
@@ -626,16 +628,22 @@ class SecureCompletionClient:
         async with lock:  # concurrent first requests share one fetch
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            pem = await transport.get_text(core.key_url)
+            pem = await transport.get_text(core.key_url, deadline=deadline)
             return core.accept_router_key(pem)
 
     async def fetch_server_public_key(self) -> str:
         """Fetch the router's public key (PEM), check it against the pin and cache it.
 
         :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
-        :raises nomyo.APIError: the router did not answer with a key.
+        :raises nomyo.APIError: the router did not answer with a key (in time).
         """
-        return (await self._router_key(force=True)).pem
+        total = self._core.total_timeout
+        if total is None:
+            return (await self._router_key(force=True)).pem
+        try:  # the timeout holds for the whole fetch, as for create()
+            return (await asyncio.wait_for(self._router_key(force=True), total)).pem
+        except asyncio.TimeoutError as exc:
+            raise APITimeoutError(f"no answer from {self._core.key_url} within {total} s") from exc
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """``payload`` sealed to the router's key: the package bytes to POST."""
@@ -691,7 +699,7 @@ class SecureCompletionClient:
     ) -> dict[str, Any]:
         core = self._core
         pair = await core.keys.aget()
-        router = await self._router_key()
+        router = await self._router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
         attempt = 0
         refetched = False
@@ -713,7 +721,7 @@ class SecureCompletionClient:
                 if refetched:
                     raise
                 refetched = True
-                fresh = await self._router_key(force=True)
+                fresh = await self._router_key(force=True, deadline=deadline)
                 if not core.rotated(router, fresh):
                     raise
                 router = fresh
@@ -886,14 +894,15 @@ class _SyncEngine:
                 transport = self._transport
         return transport
 
-    def router_key(self, *, force: bool = False) -> _RouterKey:
+    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
         core = self._core
         if not force and (cached := core.cached_router_key()) is not None:
             return cached
         with self._fetch_lock:
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            return core.accept_router_key(self._http().get_text(core.key_url))
+            pem = self._http().get_text(core.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
 
     def send(
         self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
@@ -901,7 +910,7 @@ class _SyncEngine:
         core = self._core
         deadline = core.deadline()
         pair = core.keys.get()
-        router = self.router_key()
+        router = self.router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
         attempt = 0
         refetched = False
@@ -922,7 +931,7 @@ class _SyncEngine:
                 if refetched:
                     raise
                 refetched = True
-                fresh = self.router_key(force=True)
+                fresh = self.router_key(force=True, deadline=deadline)
                 if not core.rotated(router, fresh):
                     raise
                 router = fresh
@@ -1015,7 +1024,7 @@ class SyncSecureChatCompletion:
 
     def fetch_server_public_key(self) -> str:
         """The router's public key (PEM), fetched, pinned and cached."""
-        return self._engine.router_key(force=True).pem
+        return self._engine.router_key(force=True, deadline=self._core.deadline()).pem
 
     def close(self) -> None:
         """Close the connection pool."""
