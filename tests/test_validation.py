@@ -97,10 +97,12 @@ def wire(monkeypatch: pytest.MonkeyPatch, keys: Keys) -> Wire:
     # no 4096-bit key generation in the background of every construction
     monkeypatch.setattr(_keys, "generate_private_key", lambda bits=2048: keys.client)
 
-    def router_key(self: Any, *, force: bool = False) -> Any:
+    def router_key(self: Any, *, force: bool = False, deadline: float | None = None) -> Any:
         return self._core.accept_router_key(keys.router_pem)
 
-    async def async_router_key(self: Any, *, force: bool = False) -> Any:
+    async def async_router_key(
+        self: Any, *, force: bool = False, deadline: float | None = None
+    ) -> Any:
         return self._core.accept_router_key(keys.router_pem)
 
     monkeypatch.setattr(_SyncEngine, "router_key", router_key)

@@ -661,7 +661,9 @@ class SecureCompletionClient:
         self._fetch_lock = asyncio.Lock()
         return transport, self._fetch_lock
 
-    async def _router_key(self, *, force: bool = False) -> _RouterKey:
+    async def _router_key(
+        self, *, force: bool = False, deadline: float | None = None
+    ) -> _RouterKey:
         core = self._core
         core.check_process()  # before any connection is used
         if not force and (cached := core.cached_router_key()) is not None:
@@ -670,16 +672,22 @@ class SecureCompletionClient:
         async with lock:  # concurrent first requests share one fetch
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            pem = await transport.get_text(core.key_url)
+            pem = await transport.get_text(core.key_url, deadline=deadline)
             return core.accept_router_key(pem)
 
     async def fetch_server_public_key(self) -> str:
         """Fetch the router's public key (PEM), check it against the pin and cache it.
 
         :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
-        :raises nomyo.APIError: the router did not answer with a key.
+        :raises nomyo.APIError: the router did not answer with a key (in time).
         """
-        return (await self._router_key(force=True)).pem
+        total = self._core.total_timeout
+        if total is None:
+            return (await self._router_key(force=True)).pem
+        try:  # the timeout holds for the whole fetch, as for create()
+            return (await asyncio.wait_for(self._router_key(force=True), total)).pem
+        except asyncio.TimeoutError as exc:
+            raise APITimeoutError(f"no answer from {self._core.key_url} within {total} s") from exc
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """``payload`` sealed to the router's key: the package bytes to POST."""
@@ -736,7 +744,7 @@ class SecureCompletionClient:
         core = self._core
         locked = core.locked(tier)
         pair = await core.keys.aget()
-        router = await self._router_key()
+        router = await self._router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
         attempt = 0
         refetched = False
@@ -758,7 +766,7 @@ class SecureCompletionClient:
                 if refetched:
                     raise
                 refetched = True
-                fresh = await self._router_key(force=True)
+                fresh = await self._router_key(force=True, deadline=deadline)
                 if not core.rotated(router, fresh):
                     raise
                 router = fresh
@@ -931,7 +939,7 @@ class _SyncEngine:
                 transport = self._transport
         return transport
 
-    def router_key(self, *, force: bool = False) -> _RouterKey:
+    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
         core = self._core
         core.check_process()  # before any connection is used
         if not force and (cached := core.cached_router_key()) is not None:
@@ -939,7 +947,8 @@ class _SyncEngine:
         with self._fetch_lock:
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            return core.accept_router_key(self._http().get_text(core.key_url))
+            pem = self._http().get_text(core.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
 
     def send(
         self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
@@ -948,7 +957,7 @@ class _SyncEngine:
         locked = core.locked(tier)
         deadline = core.deadline()
         pair = core.keys.get()
-        router = self.router_key()
+        router = self.router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
         attempt = 0
         refetched = False
@@ -969,7 +978,7 @@ class _SyncEngine:
                 if refetched:
                     raise
                 refetched = True
-                fresh = self.router_key(force=True)
+                fresh = self.router_key(force=True, deadline=deadline)
                 if not core.rotated(router, fresh):
                     raise
                 router = fresh
@@ -1062,7 +1071,7 @@ class SyncSecureChatCompletion:
 
     def fetch_server_public_key(self) -> str:
         """The router's public key (PEM), fetched, pinned and cached."""
-        return self._engine.router_key(force=True).pem
+        return self._engine.router_key(force=True, deadline=self._core.deadline()).pem
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -15,10 +15,12 @@ import json
 import logging
 import random
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import Any
 
+import httpcore
 import httpx
 
 from ._constants import (
@@ -138,22 +140,106 @@ def check_deadline(deadline: float | None, url: str, payload_id: str | None) -> 
 # ---------------------------------------------------------------- sync
 
 
+class _Deadline(threading.local):
+    """The monotonic deadline of the request this thread is making, or None."""
+
+    at: float | None = None
+
+    def bound(self, timeout: float | None, error: type[Exception]) -> float | None:
+        """``timeout`` for one socket operation, cut to what is left before the deadline."""
+        if self.at is None:
+            return timeout
+        remaining = self.at - time.monotonic()
+        if remaining <= 0:
+            raise error("the call's deadline has passed")
+        return remaining if timeout is None else min(timeout, remaining)
+
+
+class _DeadlineStream(httpcore.NetworkStream):
+    """A connection whose every read and write ends by the deadline of the
+    request using it.  httpx's timeouts are per operation only, so without
+    this a router sending a byte of its headers a second would hold a
+    blocking call for hours (the async client has ``asyncio.wait_for``)."""
+
+    def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
+        self._stream, self._deadline = stream, deadline
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._deadline.bound(timeout, httpcore.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._deadline.bound(timeout, httpcore.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        return _DeadlineStream(
+            self._stream.start_tls(ssl_context, server_hostname, timeout), self._deadline
+        )
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _DeadlineBackend(httpcore.NetworkBackend):
+    """httpcore's blocking sockets, made into :class:`_DeadlineStream` s."""
+
+    def __init__(self, deadline: _Deadline) -> None:
+        self._backend = httpcore.SyncBackend()
+        self._deadline = deadline
+
+    def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.NetworkStream:
+        timeout = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.NetworkStream:  # pragma: no cover - nomyo speaks TCP
+        timeout = self._deadline.bound(timeout, httpcore.ConnectTimeout)
+        stream = self._backend.connect_unix_socket(path, timeout, socket_options)
+        return _DeadlineStream(stream, self._deadline)
+
+    def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore retries are off
+        self._backend.sleep(seconds)
+
+
 class SyncTransport:
-    """Blocking HTTP over one pooled ``httpx.Client``."""
+    """Blocking HTTP over one pooled ``httpx.Client``; a request's ``deadline``
+    bounds every socket operation it makes (see :class:`_DeadlineStream`)."""
 
     def __init__(self, *, verify: Verify, timeout: httpx.Timeout) -> None:
-        self._http = httpx.Client(
-            verify=_verify(verify), timeout=timeout, limits=_limits(), follow_redirects=False
-        )
+        self._deadline = _Deadline()
+        pool = httpx.HTTPTransport(verify=_verify(verify), limits=_limits())
+        # httpx takes no network backend of its own: set the one of its httpcore pool
+        pool._pool._network_backend = _DeadlineBackend(self._deadline)
+        self._http = httpx.Client(transport=pool, timeout=timeout, follow_redirects=False)
 
     def close(self) -> None:
         self._http.close()
 
-    def get_text(self, url: str, *, timeout: httpx.Timeout | None = None) -> str:
+    def get_text(
+        self, url: str, *, timeout: httpx.Timeout | None = None, deadline: float | None = None
+    ) -> str:
         """GET a small text resource (the router's public key)."""
-        return self.request("GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES).decode(
-            "utf-8", "replace"
+        body = self.request(
+            "GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES, deadline=deadline
         )
+        return body.decode("utf-8", "replace")
 
     def request(
         self,
@@ -173,6 +259,7 @@ class SyncTransport:
             APIConnectionError / APITimeoutError) no answer at all.
         """
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
+        self._deadline.at = deadline
         try:
             with self._http.stream(method, url, content=content, headers=headers, **kwargs) as r:
                 reader = _Reader(r, limit, deadline, url, payload_id)
@@ -181,6 +268,8 @@ class SyncTransport:
                         break
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
+        finally:
+            self._deadline.at = None
         return reader.result(method)
 
 
@@ -286,8 +375,12 @@ class AsyncTransport:
         for client in self._shards:
             await client.aclose()
 
-    async def get_text(self, url: str, *, timeout: httpx.Timeout | None = None) -> str:
-        body = await self.request("GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES)
+    async def get_text(
+        self, url: str, *, timeout: httpx.Timeout | None = None, deadline: float | None = None
+    ) -> str:
+        body = await self.request(
+            "GET", url, timeout=timeout, limit=MAX_PUBLIC_KEY_BYTES, deadline=deadline
+        )
         return body.decode("utf-8", "replace")
 
     async def request(
