@@ -96,7 +96,7 @@ def _sanitizers() -> list[str]:
 
 
 SANITIZE = _sanitizers()
-sources = [_rel("securemem.c"), _rel("pyglue.c"), _rel("b64.c"), _rel("jsonenc.c")]
+sources = [_rel(name) for name in ("securemem.c", "pyglue.c", "b64.c", "jsonenc.c", "jsondec.c")]
 compile_args = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
 link_args: list[str] = []
 if SANITIZE:

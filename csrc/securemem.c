@@ -28,8 +28,15 @@
 #ifdef NOMYO_SANITIZE_BUILD
 /* ASan/UBSan runtimes make mlock/munlock no-ops; the sanitizer build calls
  * the kernel directly so it locks (and is tested) like the normal one */
-#define lock_range(p, n) ((int)syscall(SYS_mlock, (p), (n)))
-#define unlock_range(p, n) ((int)syscall(SYS_munlock, (p), (n)))
+static int lock_range(const void *p, size_t n)
+{
+    return (int)syscall(SYS_mlock, p, n);
+}
+
+static int unlock_range(const void *p, size_t n)
+{
+    return (int)syscall(SYS_munlock, p, n);
+}
 #else
 #define lock_range(p, n) mlock((p), (n))
 #define unlock_range(p, n) munlock((p), (n))

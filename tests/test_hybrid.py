@@ -179,7 +179,10 @@ def test_transient_copies_are_really_wiped(
         assert seen == [("bytes", 1)]
     seen.clear()
     assert _hybrid.open_json(sealed, client_key) == REQUEST
-    assert seen == [("bytes", 1), ("str", 1)]  # unwrapped AES key, decoded JSON text
+    if _hybrid._json_parse is None:  # the unwrapped AES key, the decoded JSON text
+        assert seen == [("bytes", 1), ("str", 1)]
+    else:  # parsed straight from secure memory: only the unwrapped AES key
+        assert seen == [("bytes", 1)]
 
 
 @native_only
@@ -357,3 +360,102 @@ def test_serialize_makes_no_python_copy_of_the_text() -> None:
     del copy
     assert theirs > 4 << 20  # the control: json.dumps + encode hold copies of the text
     assert ours < 64 << 10  # the secure buffer is mmap'd: nothing the size of the text
+
+
+# ------------------------------------------------------------------ parse (csrc/jsondec.c)
+
+_json_texts = st.one_of(
+    # what our encoder and json.dumps write, compact, indented, ASCII-only
+    st.tuples(_odd_values, st.booleans(), st.sampled_from([None, 0, 2])).map(
+        lambda t: json.dumps(t[0], ensure_ascii=t[1], indent=t[2])
+    ),
+    # and raw JSON-ish text, mostly invalid: must fail the same way
+    st.text(alphabet='{}[]":,.-+eE0123456789 \t\nabcdefnrtuINalsy\\/é', max_size=40),
+)
+
+
+def _same(a: Any, b: Any) -> bool:
+    if isinstance(a, float) and isinstance(b, float):
+        return a == b or (a != a and b != b)
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, list):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b, strict=True))
+    return bool(a == b)
+
+
+def _loads(data: bytes) -> Any:
+    """json.loads' verdict on UTF-8 ``data``: the value, or the error class."""
+    try:
+        return json.loads(data.decode("utf-8"))
+    except RecursionError:
+        return RecursionError
+    except ValueError:  # JSONDecodeError, UnicodeDecodeError, the int digit limit
+        return ValueError
+
+
+@native_only
+@settings(max_examples=1500, deadline=None)
+@given(_json_texts)
+def test_parse_is_json_loads(text: str) -> None:
+    from nomyo import _native
+
+    data = text.encode("utf-8", "surrogatepass")
+    expected = _loads(data)
+    try:
+        got: Any = _native.json_parse(data)
+    except RecursionError:
+        got = RecursionError
+    except ValueError:
+        got = ValueError
+    assert _same(got, expected), (text, got, expected)
+
+
+@native_only
+@pytest.mark.parametrize(
+    "data",
+    [
+        b'"\xff"',
+        b'"\xc0\x80"',
+        b'"\xed\xa0\x80"',
+        b'"\xf4\x90\x80\x80"',
+        b'"\xe2\x82"',
+        b"\xef\xbb\xbf{}",
+        b'"a\x00b"',
+        b"[" * 100_000,
+        b'{"a":1} x',
+        b"",
+        b"1" * 5000,
+    ],
+)
+def test_parse_refuses_what_json_loads_refuses(data: bytes) -> None:
+    from nomyo import _native
+
+    expected = _loads(data)
+    assert expected in (ValueError, RecursionError)  # the control: json refuses it too
+    with pytest.raises(expected):
+        _native.json_parse(data)
+
+
+@native_only
+def test_parse_makes_no_copy_of_the_text() -> None:
+    import tracemalloc
+
+    value = {"content": "".join(['Befund:\n"', "x" * (4 << 20), '" — ü €'])}
+    data = _dumps(value)
+    with SecureBuffer(len(data)) as buf:
+        memoryview(buf)[:] = data
+        tracemalloc.start()
+        try:
+            assert _hybrid.parse(buf) == value
+            ours = tracemalloc.get_traced_memory()[1]
+            tracemalloc.reset_peak()
+            assert json.loads(str(memoryview(buf), "utf-8")) == value
+            theirs = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    # the answer itself is a UCS-2 str of 8 MiB: json's way holds the text besides
+    assert theirs > ours + (4 << 20)  # the control: a decoded copy of the text
+    assert ours < (8 << 20) + (64 << 10)  # just the answer's own string

@@ -11,9 +11,10 @@ encoded copy wiped).  The test process keeps the needles and reads the
 child's memory from outside (tests/memscan.py), so the needles the scan
 looks for exist only in the scanning process.
 
-- text needles: each prompt (48 hex digits, sent to the echo model, so it
-  is in the serialized request and in the answer plaintext) and each
-  answer's id (32 hex digits, only in the answer plaintext);
+- text needles: each prompt's 48 random hex digits (inside text with JSON
+  escapes and non-Latin-1 characters, as real prompts have; the echo model
+  sends it back, so it is in the serialized request and in the answer
+  plaintext) and each answer's id (32 hex digits, only in the answer);
 - key needles: the 32-byte AES key of every request and every answer.
 
 The caller's side of the bargain: the child drops its own objects, passing
@@ -66,9 +67,12 @@ def messages():
     raw = os.urandom(24)
     os.write(fd, b"P")
     os.write(fd, raw)
-    content = [{"role": "user", "content": raw.hex()}]
+    needle = raw.hex()
     assert nomyo.wipe(raw) == 1
-    return content
+    # text as it comes: JSON escapes and characters beyond Latin-1 (a UCS-2 str)
+    text = "".join(("Befund:\n\t\"", needle, "\" \u2014 Patientin \u00fc, Verdacht auf \u2026"))
+    assert nomyo.wipe(needle) == 1
+    return [{"role": "user", "content": text}]
 
 
 def report_answer(answer):

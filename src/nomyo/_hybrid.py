@@ -42,10 +42,11 @@ __all__ = [
 
 try:
     from ._native import json_into as _json_into
+    from ._native import json_parse as _json_parse
     from ._native import json_size as _json_size
     from ._native import scrub_stack as _scrub_stack
-except ImportError:  # pragma: no cover - no extension: json.dumps, encode, copy, wipe
-    _json_into = _json_size = None  # type: ignore[assignment]
+except ImportError:  # pragma: no cover - no extension: json.dumps/loads, copies wiped
+    _json_into = _json_size = _json_parse = None  # type: ignore[assignment]
 
     def _scrub_stack() -> None:  # Python cannot reach the C stack
         pass
@@ -259,13 +260,24 @@ def seal_json(
 
 
 def parse(buf: Buffer, *, consume: bool = False) -> Any:
-    """The JSON value in ``buf``; the decoded text is wiped after parsing.
+    """The JSON value in ``buf`` (UTF-8), as json.loads gives it.
 
-    With ``consume``, ``buf`` is closed as soon as it is decoded to text, so
-    a large plaintext is not held three times over while it is parsed.
+    With the C extension the objects are made straight from the buffer (see
+    csrc/jsondec.c): no str of the whole text, and no buffer of the parser's
+    left unzeroed.  Without it, the text is decoded to a str, parsed and
+    wiped; the decoder's own transient buffers are freed unwiped.  With
+    ``consume``, ``buf`` is closed as soon as it is no longer needed.
 
     :raises nomyo.SecurityError: not UTF-8 JSON (the message says no more).
     """
+    if _json_parse is not None:
+        try:
+            return _json_parse(buf)
+        except (ValueError, RecursionError) as exc:
+            raise SecurityError("the decrypted payload is not valid JSON") from exc
+        finally:
+            if consume:
+                buf.close()
     try:
         with memoryview(buf) as view:
             text = str(view, "utf-8")
@@ -283,9 +295,7 @@ def parse(buf: Buffer, *, consume: bool = False) -> Any:
 
 
 def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey) -> Any:
-    """Open a package and parse its JSON plaintext.  The plaintext exists
-    outside secure memory as the returned objects, as one str that is wiped
-    after parsing, and in the json module's own transient buffers, which
-    Python frees without zeroing."""
+    """Open a package and parse its JSON plaintext (see :func:`parse`): outside
+    secure memory, the plaintext exists only as the returned objects."""
     with open_package(data, private_key) as buf:
         return parse(buf)
