@@ -13,7 +13,8 @@
  * digits, a heap one) zeroed after use.
  *
  * It accepts what json.loads accepts, with the same result: RFC 8259 JSON
- * plus NaN, Infinity and -Infinity; duplicate keys keep the last value;
+ * plus NaN, Infinity and -Infinity; duplicate keys keep the last value (or,
+ * with unique_keys, are refused: the package decoder's rule);
  * \u escapes may produce lone surrogates and pair up into one character;
  * raw control characters in strings are refused (strict mode).  Errors are
  * ValueError (invalid JSON or UTF-8, an int over the digit limit) and
@@ -23,12 +24,14 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsonscan.h"
 #include "securemem.h"
 
 typedef struct {
     const unsigned char *p;
     Py_ssize_t n;
     Py_ssize_t i;
+    int unique; /* refuse a key that appears twice in one object */
 } Dec;
 
 static PyObject *parse_value(Dec *d);
@@ -162,19 +165,30 @@ static int next_char(Dec *d, Py_UCS4 *out)
     }
 }
 
-/* a string token at d->i (after its opening quote): two passes, one str */
+/* a string token at d->i (after its opening quote): two passes, one str.
+ * Runs of plain ASCII (no escape, no quote) are measured and copied whole. */
 static PyObject *parse_string(Dec *d)
 {
-    Py_ssize_t start = d->i, length = 0, k = 0;
+    const unsigned char *p = d->p;
+    Py_ssize_t start = d->i, n = d->n, length = 0, k = 0, run;
     Py_UCS4 maxchar = 0, c;
+    int simple = 1; /* no escape and no non-ASCII byte: one memcpy */
     PyObject *s;
     int kind;
     void *data;
     for (;;) {
-        if (d->i >= d->n)
+        run = (Py_ssize_t)nomyo_plain_run(p + d->i, (size_t)(n - d->i));
+        if (run > 0) {
+            d->i += run;
+            length += run;
+            if (maxchar < 0x7f)
+                maxchar = 0x7f; /* any ASCII: the plain runs need no more than that */
+        }
+        if (d->i >= n)
             return fail(d, "unterminated string");
-        if (d->p[d->i] == '"')
+        if (p[d->i] == '"')
             break;
+        simple = 0;
         if (next_char(d, &c) != 0)
             return NULL;
         if (c > maxchar)
@@ -186,8 +200,30 @@ static PyObject *parse_string(Dec *d)
         return NULL;
     kind = PyUnicode_KIND(s);
     data = PyUnicode_DATA(s);
+    if (simple) {
+        memcpy(data, p + start, (size_t)length);
+        d->i++; /* the closing quote */
+        return s;
+    }
     d->i = start;
-    while (d->p[d->i] != '"') {
+    for (;;) {
+        run = (Py_ssize_t)nomyo_plain_run(p + d->i, (size_t)(n - d->i));
+        if (run > 0) {
+            Py_ssize_t q;
+            if (kind == PyUnicode_1BYTE_KIND) {
+                memcpy((Py_UCS1 *)data + k, p + d->i, (size_t)run);
+            } else if (kind == PyUnicode_2BYTE_KIND) {
+                for (q = 0; q < run; q++)
+                    ((Py_UCS2 *)data)[k + q] = p[d->i + q];
+            } else {
+                for (q = 0; q < run; q++)
+                    ((Py_UCS4 *)data)[k + q] = p[d->i + q];
+            }
+            k += run;
+            d->i += run;
+        }
+        if (p[d->i] == '"')
+            break;
         next_char(d, &c); /* checked in the first pass */
         PyUnicode_WRITE(kind, data, k, c);
         k++;
@@ -288,7 +324,15 @@ static PyObject *parse_object(Dec *d)
             Py_DECREF(dict);
             return NULL;
         }
-        rc = PyDict_SetItem(dict, key, value); /* a repeated key: the last value */
+        rc = d->unique ? PyDict_Contains(dict, key) : 0;
+        if (rc == 1) {
+            Py_DECREF(key);
+            Py_DECREF(value);
+            Py_DECREF(dict);
+            return fail(d, "a key appears twice");
+        }
+        if (rc == 0) /* a repeated key, when allowed: the last value */
+            rc = PyDict_SetItem(dict, key, value);
         Py_DECREF(key);
         Py_DECREF(value);
         if (rc != 0) {
@@ -398,18 +442,23 @@ static PyObject *parse_value(Dec *d)
     return fail(d, "expected a value");
 }
 
-/* json_parse(buffer) -> the JSON value in a UTF-8 buffer */
-PyObject *nomyo_json_parse(PyObject *module, PyObject *source)
+/* json_parse(buffer, unique_keys=False) -> the JSON value in a UTF-8 buffer */
+PyObject *nomyo_json_parse(PyObject *module, PyObject *args)
 {
+    PyObject *source;
+    int unique = 0;
     Py_buffer view;
     Dec d;
     PyObject *result;
     (void)module;
+    if (!PyArg_ParseTuple(args, "O|p", &source, &unique))
+        return NULL;
     if (PyObject_GetBuffer(source, &view, PyBUF_C_CONTIGUOUS) != 0)
         return NULL;
     d.p = view.buf;
     d.n = view.len;
     d.i = 0;
+    d.unique = unique;
     skip_ws(&d);
     result = parse_value(&d);
     if (result != NULL) {

@@ -27,6 +27,8 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsonscan.h"
+
 #define JSON_MAX_PATH 1024
 
 typedef struct {
@@ -94,16 +96,18 @@ static int put_str(Enc *e, PyObject *s)
     if (PyUnicode_IS_ASCII(s)) {
         /* copy the runs between escapes as they are */
         const unsigned char *p = data;
-        Py_ssize_t run = 0;
-        for (i = 0; i < n; i++) {
-            if (NEEDS_ESCAPE(p[i])) {
-                if (put(e, p + run, i - run) != 0 || put_escape(e, p[i]) != 0)
+        i = 0;
+        while (i < n) {
+            Py_ssize_t run = (Py_ssize_t)nomyo_plain_run(p + i, (size_t)(n - i));
+            if (put(e, p + i, run) != 0)
+                return -1;
+            i += run;
+            if (i < n) { /* ASCII, so a quote, a backslash or a control character */
+                if (put_escape(e, p[i]) != 0)
                     return -1;
-                run = i + 1;
+                i++;
             }
         }
-        if (put(e, p + run, n - run) != 0)
-            return -1;
         return put1(e, '"');
     }
     for (i = 0; i < n; i++) {

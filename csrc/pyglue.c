@@ -525,11 +525,12 @@ done:
 PyObject *nomyo_json_size(PyObject *module, PyObject *obj);
 PyObject *nomyo_json_into(PyObject *module, PyObject *args);
 /* csrc/jsondec.c */
-PyObject *nomyo_json_parse(PyObject *module, PyObject *source);
+PyObject *nomyo_json_parse(PyObject *module, PyObject *args);
 
 static PyMethodDef glue_functions[] = {
     {"json_size", nomyo_json_size, METH_O, "json_size(obj) -> bytes of its compact UTF-8 JSON"},
-    {"json_parse", nomyo_json_parse, METH_O, "json_parse(buffer) -> the JSON value in UTF-8"},
+    {"json_parse", nomyo_json_parse, METH_VARARGS,
+     "json_parse(buffer, unique_keys=False) -> the JSON value in UTF-8"},
     {"json_into", nomyo_json_into, METH_VARARGS,
      "json_into(obj, buffer) -> bytes written (exactly json_size(obj))"},
     {"utf8_size", py_utf8_size, METH_O, "utf8_size(text) -> length of its UTF-8"},

@@ -459,3 +459,20 @@ def test_parse_makes_no_copy_of_the_text() -> None:
     # the answer itself is a UCS-2 str of 8 MiB: json's way holds the text besides
     assert theirs > ours + (4 << 20)  # the control: a decoded copy of the text
     assert ours < (8 << 20) + (64 << 10)  # just the answer's own string
+
+
+@native_only
+@pytest.mark.parametrize(
+    "text",
+    ['{"a":1,"a":2}', '{"x":{"b":[],"b":{}}}', '[{"k":"v","k":"v"}]', '{"a":{"a":1},"a":3}'],
+)
+def test_parse_unique_keys_refuses_a_repeated_key(text: str) -> None:
+    from nomyo import _native
+
+    assert _native.json_parse(text.encode()) == json.loads(text)  # the control: last wins
+    with pytest.raises(ValueError, match="twice"):
+        _native.json_parse(text.encode(), True)
+    assert _native.json_parse(b'{"a":{"a":1},"b":[{"a":2}]}', True) == {
+        "a": {"a": 1},
+        "b": [{"a": 2}],
+    }

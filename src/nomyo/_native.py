@@ -62,9 +62,10 @@ pack: Callable[[list[Any]], bytes] = _namespace["pack"]
 #: ensure_ascii=False, allow_nan=False) would give it (csrc/jsonenc.c)
 json_size: Callable[[object], int] = _namespace["json_size"]
 json_into: Callable[[object, Any], int] = _namespace["json_into"]
-#: json_parse(buffer) -> what json.loads gives for that UTF-8, each object made once
-#: at its final size, without a str of the whole text (csrc/jsondec.c)
-json_parse: Callable[[Any], Any] = _namespace["json_parse"]
+#: json_parse(buffer, unique_keys=False) -> what json.loads gives for that UTF-8, each
+#: object made once at its final size, without a str of the whole text; with
+#: unique_keys a key repeated in one object is a ValueError (csrc/jsondec.c)
+json_parse: Callable[..., Any] = _namespace["json_parse"]
 #: refcount(obj, max_refs) -> the reference count as wipe_object sees it
 refcount: Callable[[object, int], int] = _namespace["refcount"]
 
