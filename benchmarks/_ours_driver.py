@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import concurrent.futures
+import json
 import os
 import ssl
 from collections.abc import Callable
@@ -230,6 +231,67 @@ class FloorAsync(AsyncAdapter):
         await client.aclose()
 
 
+# ---------------------------------------------------------------- offline: no sockets
+
+
+def offline(args: argparse.Namespace) -> dict[str, Any]:
+    """``sequential`` with the network taken out: the client's pool is an
+    ``httpx.MockTransport`` handing out answers made beforehand (sealed to
+    our key, for ``ours-sync``; the plain echo JSON, for ``floor-sync``), so
+    the CPU time is the client's own code, httpx's and the RSA work, with
+    no sockets, no TLS and no waiting, the noisiest parts of the other runs.
+    """
+    from nomyo import _hybrid
+    from nomyo.server import echo_completion
+
+    text = text_of(args.size)
+    request = {"model": MODEL, "messages": _messages(text)}
+    answer = echo_completion(request)
+    floor = FloorSync(args)
+    client: Any
+    if args.client == "ours-sync":
+        public = floor.private_key.public_key()
+        ready = [
+            _hybrid.seal_json(answer, public, processed_at=1) for _ in range(args.n + WARMUP)
+        ]  # a fresh package each: the client refuses replays
+        router_pem = serialization.Encoding.PEM
+        pem = floor.router.public_bytes(router_pem, serialization.PublicFormat.SubjectPublicKeyInfo)
+        answers = iter(ready)
+
+        def handler(request: httpx.Request) -> httpx.Response:
+            if request.method == "GET":
+                return httpx.Response(200, content=pem)
+            return httpx.Response(200, content=next(answers))
+
+        client = nomyo.SyncSecureChatCompletion(
+            "https://router.invalid", api_key=args.api_key, key_dir=args.key_dir, max_retries=0
+        )
+        engine = client._engine
+        engine._http().close()
+        engine._transport._http = httpx.Client(transport=httpx.MockTransport(handler))
+
+        def call() -> dict[str, Any]:
+            return client.create(model=MODEL, messages=_messages(text))  # type: ignore[no-any-return]
+
+    else:
+        body = json.dumps(answer).encode()
+        floor.url = "https://router.invalid/v1/chat/completions"
+        client = httpx.Client(
+            transport=httpx.MockTransport(lambda request: httpx.Response(200, content=body))
+        )
+
+        def call() -> dict[str, Any]:
+            return floor.call(client, text)
+
+    for _ in range(WARMUP):
+        check(call(), text)
+    with Probe() as probe:
+        for _ in range(args.n):
+            check(call(), text)
+    client.close()
+    return {"n": args.n, "size": args.size, **probe.fields()}
+
+
 # ---------------------------------------------------------------- command line
 
 ADAPTERS: dict[str, Callable[[argparse.Namespace], AsyncAdapter | SyncAdapter]] = {
@@ -244,6 +306,8 @@ def _run_ours(args: argparse.Namespace) -> dict[str, Any]:
     head = {"client": args.client, "secure_memory": args.secure_memory}
     if args.workload == "info":
         return {**head, **info(args, "nomyo"), "protection": nomyo.protection().backend}
+    if args.workload == "offline":
+        return {**head, **offline(args)}
     adapter = ADAPTERS[args.client](args)
     if isinstance(adapter, AsyncAdapter):
         return {**head, **run_async(args, adapter)}

@@ -39,6 +39,10 @@ Workloads:
   loading the key, which OpenSSL checks (the same for both: "PEM load ms" in
   the machine table);
 - ``secure_memory`` on/off: our sync client, sequential;
+- ``offline``: our sync client and the sync floor, sequential, against an
+  ``httpx.MockTransport`` with answers made beforehand: no sockets, no TLS,
+  no waiting, so what is left is each side's own CPU (the RSA work
+  included); printed for information;
 - the floor, sync and async: a plain pooled httpx POST of the same chat JSON
   to a plain JSON echo endpoint (this script run as ``--serve-echo``: another
   process, the same TLS certificate) plus one RSA-4096 OAEP decryption and one
@@ -365,6 +369,8 @@ def schedule(s: Settings) -> list[Job]:
             ("--client", "floor-async", *seq),
             server="echo-matched",
         ),
+        Job("offline ours-sync", OURS, "offline", ("--client", "ours-sync", *seq)),
+        Job("offline floor-sync", OURS, "offline", ("--client", "floor-sync", *seq)),
     ]
     many = (*seq, "--concurrency", str(s.concurrency))
     jobs += [
@@ -499,8 +505,9 @@ def report(res: Results, s: Settings) -> str:
     clients = ("ours-async", "published", "ours-sync", "ours-sync secure_memory=off")
     rows = []
     floors = ("floor-sync", "floor-async", "floor-sync echo-matched", "floor-async echo-matched")
-    for who in (*clients, *floors):
-        label = f"sequential {who}"
+    offline = ("offline ours-sync", "offline floor-sync")
+    for who in (*clients, *floors, *offline):
+        label = who if who.startswith("offline") else f"sequential {who}"
         rows.append(
             [
                 who,
@@ -595,6 +602,8 @@ def summary(res: Results, s: Settings) -> str:
     cpu = {w: med(res.cpu_ms(f"sequential {w}")) for w in ("ours-async", "ours-sync", "published")}
     floor_sync = med(res.cpu_ms("sequential floor-sync echo-matched"))
     floor_async = med(res.cpu_ms("sequential floor-async echo-matched"))
+    off_ours = med(res.cpu_ms("offline ours-sync"))
+    off_floor = med(res.cpu_ms("offline floor-sync"))
     fast_sync = med(res.cpu_ms("sequential floor-sync"))
     fast_async = med(res.cpu_ms("sequential floor-async"))
     off = med(res.cpu_ms("sequential ours-sync secure_memory=off"))
@@ -633,6 +642,14 @@ def summary(res: Results, s: Settings) -> str:
             float("nan"),
             False,
             f"{cpu['ours-sync']:.2f} / {fast_sync:.2f} ms",
+        ),
+        (
+            # no sockets (see offline() in _ours_driver.py): what nomyo's own code adds
+            "(info) ours (sync) / floor (sync), offline: no network",
+            ratio(off_ours, off_floor),
+            float("nan"),
+            False,
+            f"{off_ours:.2f} / {off_floor:.2f} ms",
         ),
         (
             "(info) ours (async) / floor (async), fast echo endpoint",
