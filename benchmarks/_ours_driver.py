@@ -10,7 +10,9 @@ Clients (``--client``):
   ``nomyo.SyncSecureChatCompletion``, one instance per process (its pool warm
   after the warm-up), ``--secure-memory on|off``;
 - ``floor-sync`` / ``floor-async``: the least any client of this protocol
-  spends per request (see :class:`FloorSync`), against a plain JSON echo endpoint.
+  spends per request (see :class:`FloorSync`), against a plain JSON echo endpoint;
+- ``floor-wire-sync`` / ``floor-wire-async``: the same, sending a package
+  sealed beforehand to ``nomyo serve`` itself (see :class:`FloorWireSync`).
 
 Prints one JSON line, measured by the harness in ``_published_driver.py`` (the
 same code that measures the published client).
@@ -23,6 +25,7 @@ import concurrent.futures
 import json
 import os
 import ssl
+import urllib.parse
 from collections.abc import Callable
 from typing import Any
 
@@ -43,6 +46,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 
 import nomyo
+from nomyo._constants import COMPLETION_PATH
 
 # ---------------------------------------------------------------- sync workloads
 # the same four as the async ones in _published_driver.py, for blocking clients
@@ -207,6 +211,86 @@ class FloorSync(SyncAdapter):
         return answer
 
 
+class FloorWireSync(FloorSync):
+    """:class:`FloorSync` speaking the protocol to ``nomyo serve`` itself, so
+    the endpoint, its latency and the bytes on the wire are exactly what our
+    client gets: each POST sends one package sealed beforehand (the router
+    keeps no memory of packages, so the same one serves every request), with
+    the real headers, and reads the sealed answer as bytes.  What the floor
+    leaves out is then precisely what nomyo adds: serializing, AES-GCM,
+    base64, the package JSON, secure memory and wiping.  The answer is not
+    opened (that is nomyo's work); the warm-up opens the first ones with
+    nomyo to check the endpoint really echoes, and every measured answer
+    must be a 200 at least as long as the prompt.
+    """
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        from nomyo import _hybrid, _keys
+
+        super().__init__(args)
+        context = ssl.create_default_context(cafile=self.ca)
+        base = args.url.rstrip("/")
+        with httpx.Client(verify=context) as client:
+            router = _keys.load_public_key(client.get(base + "/pki/public_key").content)
+        self.router = router  # the OAEP encryption of the floor goes to the real key
+        self.url = base + COMPLETION_PATH
+        self.text = text_of(args.size)
+        request = {"model": MODEL, "messages": _messages(self.text)}
+        self.package = _hybrid.seal_json(request, router)
+        public = _keys.public_pem(self.private_key).decode("ascii")
+        self.headers = {
+            "Content-Type": "application/octet-stream",
+            "X-Payload-ID": "3f1c6a52-6d0e-4d2e-9a43-2b7f3f0c9d11",
+            "X-Public-Key": urllib.parse.quote(public),
+            "Authorization": f"Bearer {args.api_key}",
+        }
+        self.checked = 0
+
+    def call(self, client: Any, text: str) -> dict[str, Any]:
+        response = client.post(self.url, content=self.package, headers=self.headers)
+        response.raise_for_status()
+        body = response.content
+        self.crypto()
+        if len(body) < len(text):
+            raise RuntimeError(f"an answer of {len(body)} bytes cannot echo {len(text)}")
+        if self.checked < WARMUP:  # the warm-up: open it for real, outside the measurement
+            from nomyo import _hybrid
+
+            self.checked += 1
+            return _hybrid.open_json(body, self.private_key)  # type: ignore[no-any-return]
+        return {"choices": [{"message": {"content": text}}]}
+
+
+class FloorWireAsync(AsyncAdapter):
+    """:class:`FloorWireSync` with a pooled ``httpx.AsyncClient``."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        self._sync = FloorWireSync(args)
+
+    def make(self) -> Any:
+        return httpx.AsyncClient(
+            verify=ssl.create_default_context(cafile=self._sync.ca), timeout=60
+        )
+
+    async def call(self, client: Any, text: str) -> dict[str, Any]:
+        wire = self._sync
+        response = await client.post(wire.url, content=wire.package, headers=wire.headers)
+        response.raise_for_status()
+        body = response.content
+        wire.crypto()
+        if len(body) < len(text):
+            raise RuntimeError(f"an answer of {len(body)} bytes cannot echo {len(text)}")
+        if wire.checked < WARMUP:
+            from nomyo import _hybrid
+
+            wire.checked += 1
+            return _hybrid.open_json(body, wire.private_key)  # type: ignore[no-any-return]
+        return {"choices": [{"message": {"content": text}}]}
+
+    async def close(self, client: Any) -> None:
+        await client.aclose()
+
+
 class FloorAsync(AsyncAdapter):
     """:class:`FloorSync` with a pooled ``httpx.AsyncClient``."""
 
@@ -299,6 +383,8 @@ ADAPTERS: dict[str, Callable[[argparse.Namespace], AsyncAdapter | SyncAdapter]] 
     "ours-sync": OursSync,
     "floor-sync": FloorSync,
     "floor-async": FloorAsync,
+    "floor-wire-sync": FloorWireSync,
+    "floor-wire-async": FloorWireAsync,
 }
 
 

@@ -43,22 +43,20 @@ Workloads:
   ``httpx.MockTransport`` with answers made beforehand: no sockets, no TLS,
   no waiting, so what is left is each side's own CPU (the RSA work
   included); printed for information;
-- the floor, sync and async: a plain pooled httpx POST of the same chat JSON
-  to a plain JSON echo endpoint (this script run as ``--serve-echo``: another
-  process, the same TLS certificate) plus one RSA-4096 OAEP decryption and one
-  RSA-2048 OAEP encryption per request (see ``FloorSync`` in _ours_driver.py),
-  compared with our sync and async client respectively.  It runs against two
-  echo endpoints.  ``echo`` answers at once; ``echo-matched`` first does a
-  router's work for the request on its thread pool, as ``nomyo serve`` does
-  (open a package of the request's size sealed to the router key, seal the
-  answer to the client key), and still answers plain JSON.  The target is
-  measured against ``echo-matched``, since on these virtual cores a client's
-  CPU time per request grows with how long it waits for the answer: the very
-  same floor code measured 2.76 ms against ``echo`` and 3.20 ms against an
-  echo endpoint that spun 1.5 ms before answering (medians of 6 alternating
-  runs, 2026-11-25).  Its CPU then pays for waking up cold (caches, a
-  descheduled core), not for anything it does.  The fast-echo ratio is printed
-  too, for information.
+- the floor, sync and async (``FloorWireSync`` in _ours_driver.py): a plain
+  pooled httpx POST of the same chat request, sealed once beforehand, to the
+  same ``nomyo serve`` with the same headers, reading the sealed answer as
+  bytes, plus one RSA-4096 OAEP decryption and one RSA-OAEP encryption to
+  the router's key per request; compared with our sync and async client
+  respectively.  Endpoint, latency and bytes on the wire are then exactly
+  our client's, and what the floor leaves out is what nomyo adds.  That
+  matters on these virtual cores, where a client's CPU time per request
+  grows with how long it waits for the answer: the very same floor code
+  measured 2.76 ms against an endpoint answering at once and 3.20 ms
+  against one that spun 1.5 ms first (medians of 6 alternating runs,
+  2026-11-25).  For information, the floor is also run against a plain JSON
+  echo endpoint that answers at once (this script run as ``--serve-echo``),
+  as the first version of this script measured it.
 
 Except for ``first``, both clients load a key pair made once per run
 (``key_dir``) instead of generating one per process: the measured parts
@@ -204,47 +202,23 @@ class Server:
             self.process.wait()
 
 
-def serve_echo(certfile: str, keyfile: str, router: str = "", client_pub: str = "") -> None:
-    """The floor's endpoint (run as ``--serve-echo``): POST /v1/chat/completions
-    answers the chat request with nomyo's echo model, as plain JSON.
-
-    Given the router's private key and the client's public key, it also does,
-    per request and on the thread pool as ``nomyo serve`` does, the work a
-    router does: open a package of the request's size sealed to the router
-    key, and seal the answer to the client key.  Its answers stay plain
-    JSON; only its latency matches ``nomyo serve``'s (see ``echo-matched``
-    in the module docstring).
-    """
+def serve_echo(certfile: str, keyfile: str) -> None:
+    """The fast floor's endpoint (run as ``--serve-echo``): POST
+    /v1/chat/completions answers the chat request with nomyo's echo model,
+    as plain JSON."""
     import asyncio
     import socket
 
     import uvicorn
     from starlette.applications import Starlette
-    from starlette.concurrency import run_in_threadpool
     from starlette.requests import Request
     from starlette.responses import JSONResponse
     from starlette.routing import Route
 
-    from nomyo import _hybrid, _keys
     from nomyo.server import echo_completion
 
-    router_key = _keys.load_private_key(router) if router else None
-    client_key = _keys.load_public_key(Path(client_pub).read_bytes()) if client_pub else None
-
-    def router_work(body: bytes, answer: dict[str, Any]) -> None:
-        assert router_key is not None
-        assert client_key is not None
-        package = _hybrid.seal(body, router_key.public_key())
-        with _hybrid.open_package(package, router_key):
-            pass
-        _hybrid.seal_json(answer, client_key)
-
     async def completions(request: Request) -> JSONResponse:
-        body = await request.body()
-        answer = echo_completion(json.loads(body))
-        if router_key is not None:
-            await run_in_threadpool(router_work, body, answer)
-        return JSONResponse(answer)
+        return JSONResponse(echo_completion(await request.json()))
 
     class Echo(uvicorn.Server):
         async def startup(self, sockets: list[socket.socket] | None = None) -> None:
@@ -275,7 +249,7 @@ class Bench:
     folder: Path
     ca: Path
     key_dir: Path
-    servers: dict[str, Server]  # "serve": nomyo serve; "echo", "echo-matched": the floor's
+    servers: dict[str, Server]  # "serve": nomyo serve; "echo": the fast floor's endpoint
 
     def run(
         self,
@@ -356,18 +330,16 @@ def schedule(s: Settings) -> list[Job]:
             server="echo",
         ),
         Job(
-            "sequential floor-sync echo-matched",
+            "sequential floor-wire-sync",
             OURS,
             "sequential",
-            ("--client", "floor-sync", *seq),
-            server="echo-matched",
+            ("--client", "floor-wire-sync", *seq),
         ),
         Job(
-            "sequential floor-async echo-matched",
+            "sequential floor-wire-async",
             OURS,
             "sequential",
-            ("--client", "floor-async", *seq),
-            server="echo-matched",
+            ("--client", "floor-wire-async", *seq),
         ),
         Job("offline ours-sync", OURS, "offline", ("--client", "ours-sync", *seq)),
         Job("offline floor-sync", OURS, "offline", ("--client", "floor-sync", *seq)),
@@ -504,7 +476,7 @@ def report(res: Results, s: Settings) -> str:
     out: list[str] = []
     clients = ("ours-async", "published", "ours-sync", "ours-sync secure_memory=off")
     rows = []
-    floors = ("floor-sync", "floor-async", "floor-sync echo-matched", "floor-async echo-matched")
+    floors = ("floor-wire-sync", "floor-wire-async", "floor-sync", "floor-async")
     offline = ("offline ours-sync", "offline floor-sync")
     for who in (*clients, *floors, *offline):
         label = who if who.startswith("offline") else f"sequential {who}"
@@ -600,8 +572,8 @@ def report(res: Results, s: Settings) -> str:
 
 def summary(res: Results, s: Settings) -> str:
     cpu = {w: med(res.cpu_ms(f"sequential {w}")) for w in ("ours-async", "ours-sync", "published")}
-    floor_sync = med(res.cpu_ms("sequential floor-sync echo-matched"))
-    floor_async = med(res.cpu_ms("sequential floor-async echo-matched"))
+    floor_sync = med(res.cpu_ms("sequential floor-wire-sync"))
+    floor_async = med(res.cpu_ms("sequential floor-wire-async"))
     off_ours = med(res.cpu_ms("offline ours-sync"))
     off_floor = med(res.cpu_ms("offline floor-sync"))
     fast_sync = med(res.cpu_ms("sequential floor-sync"))
@@ -906,7 +878,7 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--n", type=int, help="override N (sequential and inflight16)")
     p.add_argument("--profile", action="store_true", help="also cProfile our client")
-    p.add_argument("--serve-echo", nargs="+", metavar="FILE", help=argparse.SUPPRESS)
+    p.add_argument("--serve-echo", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.serve_echo:
         serve_echo(*args.serve_echo)
@@ -931,14 +903,8 @@ def main() -> None:
         echo = Server(
             [sys.executable, __file__, "--serve-echo", str(cert), str(key)], folder / "echo.log"
         )
-        public = key_dir / "public_key.pem"
-        keys = (str(router), str(public))
-        matched = Server(
-            [sys.executable, __file__, "--serve-echo", str(cert), str(key), *keys],
-            folder / "echo-matched.log",
-        )
         try:
-            servers = {"serve": serve, "echo": echo, "echo-matched": matched}
+            servers = {"serve": serve, "echo": echo}
             bench = Bench(folder, ca, key_dir, servers)
             info, _, _ = machine(bench)
             print(info, "\n", flush=True)
@@ -958,7 +924,6 @@ def main() -> None:
                 print()
                 print(profile(bench, s))
         finally:
-            matched.stop()
             echo.stop()
             serve.stop()
     print(f"\ntotal {time.perf_counter() - started:.0f} s", flush=True)
