@@ -348,7 +348,11 @@ def offline(args: argparse.Namespace) -> dict[str, Any]:
             return httpx.Response(200, content=next(answers))
 
         client = nomyo.SyncSecureChatCompletion(
-            "https://router.invalid", api_key=args.api_key, key_dir=args.key_dir, max_retries=0
+            "https://router.invalid",
+            api_key=args.api_key,
+            key_dir=args.key_dir,
+            max_retries=0,
+            secure_memory=args.secure_memory == "on",
         )
         engine = client._engine
         engine._http().close()

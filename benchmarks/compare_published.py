@@ -343,6 +343,12 @@ def schedule(s: Settings) -> list[Job]:
         ),
         Job("offline ours-sync", OURS, "offline", ("--client", "ours-sync", *seq)),
         Job("offline floor-sync", OURS, "offline", ("--client", "floor-sync", *seq)),
+        Job(
+            "offline ours-sync secure_memory=off",
+            OURS,
+            "offline",
+            ("--client", "ours-sync", "--secure-memory", "off", *seq),
+        ),
     ]
     many = (*seq, "--concurrency", str(s.concurrency))
     jobs += [
@@ -477,7 +483,7 @@ def report(res: Results, s: Settings) -> str:
     clients = ("ours-async", "published", "ours-sync", "ours-sync secure_memory=off")
     rows = []
     floors = ("floor-wire-sync", "floor-wire-async", "floor-sync", "floor-async")
-    offline = ("offline ours-sync", "offline floor-sync")
+    offline = ("offline ours-sync", "offline floor-sync", "offline ours-sync secure_memory=off")
     for who in (*clients, *floors, *offline):
         label = who if who.startswith("offline") else f"sequential {who}"
         rows.append(
@@ -576,6 +582,7 @@ def summary(res: Results, s: Settings) -> str:
     floor_async = med(res.cpu_ms("sequential floor-wire-async"))
     off_ours = med(res.cpu_ms("offline ours-sync"))
     off_floor = med(res.cpu_ms("offline floor-sync"))
+    off_plain = med(res.cpu_ms("offline ours-sync secure_memory=off"))
     fast_sync = med(res.cpu_ms("sequential floor-sync"))
     fast_async = med(res.cpu_ms("sequential floor-async"))
     off = med(res.cpu_ms("sequential ours-sync secure_memory=off"))
@@ -657,6 +664,13 @@ def summary(res: Results, s: Settings) -> str:
             1.05,
             False,
             f"{cpu['ours-sync']:.2f} / {off:.2f} ms",
+        ),
+        (
+            "(info) secure_memory on / off (sync), offline: no network",
+            ratio(off_ours, off_plain),
+            float("nan"),
+            False,
+            f"{off_ours:.2f} / {off_plain:.2f} ms",
         ),
         (
             f"{mib} MiB request time: published / ours",
