@@ -37,7 +37,7 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
@@ -69,6 +69,12 @@ from ._transport import AsyncTransport, SyncTransport, Verify, log, retry_delay,
 from .memory import caller_stacklevel, wipe
 
 __all__ = ["SecureChatCompletion", "SecureCompletionClient", "SyncSecureChatCompletion"]
+
+#: asyncio.timeout (3.11+): a deadline on the running task.  asyncio.wait_for
+#: runs the call as a task of its own, which costs event-loop round trips.
+_timeout_scope: Callable[[float], contextlib.AbstractAsyncContextManager[None]] | None = getattr(
+    asyncio, "timeout", None
+)
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
 
@@ -725,6 +731,9 @@ class SecureCompletionClient:
         try:
             if total is None:
                 return await self._send(payload, payload_id, api_key, tier, deadline)
+            if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
+                async with _timeout_scope(total):
+                    return await self._send(payload, payload_id, api_key, tier, deadline)
             return await asyncio.wait_for(
                 self._send(payload, payload_id, api_key, tier, deadline), total
             )
