@@ -248,6 +248,10 @@ class FloorWireSync(FloorSync):
 
     def call(self, client: Any, text: str) -> dict[str, Any]:
         response = client.post(self.url, content=self.package, headers=self.headers)
+        return self.answer(response, text)
+
+    def answer(self, response: httpx.Response, text: str) -> dict[str, Any]:
+        """The floor's work on an answer: the RSA pair, and a size check."""
         response.raise_for_status()
         body = response.content
         self.crypto()
@@ -275,17 +279,7 @@ class FloorWireAsync(AsyncAdapter):
     async def call(self, client: Any, text: str) -> dict[str, Any]:
         wire = self._sync
         response = await client.post(wire.url, content=wire.package, headers=wire.headers)
-        response.raise_for_status()
-        body = response.content
-        wire.crypto()
-        if len(body) < len(text):
-            raise RuntimeError(f"an answer of {len(body)} bytes cannot echo {len(text)}")
-        if wire.checked < WARMUP:
-            from nomyo import _hybrid
-
-            wire.checked += 1
-            return _hybrid.open_json(body, wire.private_key)  # type: ignore[no-any-return]
-        return {"choices": [{"message": {"content": text}}]}
+        return wire.answer(response, text)
 
     async def close(self, client: Any) -> None:
         await client.aclose()
