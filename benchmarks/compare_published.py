@@ -381,12 +381,16 @@ def served(result: dict[str, Any]) -> int:
         return int(result["n"]) + WARMUP
     if result["workload"] == "inflight":
         return int(result["n"]) + WARMUP + int(result["concurrency"])
+    if result["workload"] == "offline":
+        return 0  # no server involved
     return 1  # big: the small warm-up is not counted; first: its one request
 
 
 def server_ms(result: dict[str, Any]) -> float:
-    """Server CPU ms per request answered during the run (warm-ups included)."""
-    return float(result["server_cpu_s"]) * 1e3 / served(result)
+    """Server CPU ms per request answered during the run (warm-ups included);
+    NaN where the run sent the server nothing."""
+    answered = served(result)
+    return float(result["server_cpu_s"]) * 1e3 / answered if answered else float("nan")
 
 
 def headline(result: dict[str, Any]) -> str:
@@ -414,7 +418,8 @@ def med(values: Iterable[float]) -> float:
 
 
 def spread(values: Sequence[float], fmt: str) -> str:
-    """``median (min-max)`` of per-round values."""
+    """``median (min-max)`` of per-round values ("-" where there are none)."""
+    values = [v for v in values if v == v]  # NaN: nothing to measure in that run
     if not values:
         return "-"
     if len(values) == 1:

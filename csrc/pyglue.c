@@ -417,51 +417,6 @@ static PyObject *py_b64decode_str(PyObject *module, PyObject *args)
 size_t nomyo_b64_encoded_len(size_t n);
 void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
 
-/* utf8_into(text, buffer) -> bytes written: the UTF-8 of `text` copied straight
- * into a writable buffer (a SecureBuffer), with no bytes object in between.
- * For a non-ASCII str CPython keeps a UTF-8 copy inside the str, which
- * wipe_object() zeroes with the rest of it.  utf8_size(text) says how much. */
-static int utf8_of(PyObject *text, const char **data, Py_ssize_t *size)
-{
-    if (!PyUnicode_Check(text)) {
-        PyErr_SetString(PyExc_TypeError, "expected a str");
-        return -1;
-    }
-    *data = PyUnicode_AsUTF8AndSize(text, size);
-    return *data == NULL ? -1 : 0;
-}
-
-static PyObject *py_utf8_size(PyObject *module, PyObject *text)
-{
-    const char *data;
-    Py_ssize_t size;
-    (void)module;
-    if (utf8_of(text, &data, &size) != 0)
-        return NULL;
-    return PyLong_FromSsize_t(size);
-}
-
-static PyObject *py_utf8_into(PyObject *module, PyObject *args)
-{
-    PyObject *text, *target;
-    const char *data;
-    Py_ssize_t size;
-    Py_buffer view;
-    (void)module;
-    if (!PyArg_ParseTuple(args, "OO", &text, &target) || utf8_of(text, &data, &size) != 0)
-        return NULL;
-    if (PyObject_GetBuffer(target, &view, PyBUF_WRITABLE | PyBUF_C_CONTIGUOUS) != 0)
-        return NULL;
-    if (view.len < size) {
-        PyBuffer_Release(&view);
-        PyErr_SetString(PyExc_ValueError, "buffer too small for the text");
-        return NULL;
-    }
-    memcpy(view.buf, data, (size_t)size);
-    PyBuffer_Release(&view);
-    return PyLong_FromSsize_t(size);
-}
-
 /* pack(pieces) -> bytes: pieces are bytes (copied as they are) or 1-tuples
  * holding a bytes-like object (written as base64); the result is allocated
  * once, so a multi-megabyte ciphertext is never base64-encoded into a
@@ -533,8 +488,6 @@ static PyMethodDef glue_functions[] = {
      "json_parse(buffer, unique_keys=False) -> the JSON value in UTF-8"},
     {"json_into", nomyo_json_into, METH_VARARGS,
      "json_into(obj, buffer) -> bytes written (exactly json_size(obj))"},
-    {"utf8_size", py_utf8_size, METH_O, "utf8_size(text) -> length of its UTF-8"},
-    {"utf8_into", py_utf8_into, METH_VARARGS, "utf8_into(text, buffer) -> bytes written"},
     {"pack", py_pack, METH_O, "pack(pieces) -> bytes; (buffer,) pieces as base64"},
     {"b64decode_str", py_b64decode_str, METH_VARARGS,
      "b64decode_str(text, reserve) -> bytearray, strict standard base64"},

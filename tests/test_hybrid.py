@@ -476,3 +476,39 @@ def test_parse_unique_keys_refuses_a_repeated_key(text: str) -> None:
         "a": {"a": 1},
         "b": [{"a": 2}],
     }
+
+
+def test_open_refuses_unlockable_buffers_before_decrypting(
+    monkeypatch: pytest.MonkeyPatch, client_key: rsa.RSAPrivateKey
+) -> None:
+    # under ``locked`` both buffers are made before any decryption, so a
+    # refusal (here: the plaintext's) leaves the RSA key unused
+    sealed = _hybrid.seal_json(REQUEST, client_key.public_key())
+    package = decode(sealed, key_bytes=_hybrid.modulus_bytes(client_key))
+    made: list[int] = []
+    real = _hybrid._buffer
+
+    def refusing(size: int, secure: bool, locked: bool = False) -> Any:
+        made.append(size)
+        if size != _hybrid.AES_KEY_BYTES:
+            raise SecurityError("secure memory could not be locked")
+        return real(size, secure, locked)
+
+    decrypted: list[bytes] = []
+
+    class Spy:
+        key_size = client_key.key_size
+
+        def decrypt(self, data: bytes, pad: Any) -> bytes:
+            decrypted.append(data)
+            return client_key.decrypt(data, pad)
+
+    monkeypatch.setattr(_hybrid, "_buffer", refusing)
+    with pytest.raises(SecurityError, match="locked"):
+        _hybrid.open_decoded(package, Spy(), locked=True)  # type: ignore[arg-type]
+    assert made == [_hybrid.AES_KEY_BYTES, len(package.ciphertext)] and decrypted == []
+    monkeypatch.setattr(_hybrid, "_buffer", real)  # the control: the same package opens
+    opened = _hybrid.open_decoded(package, Spy(), locked=True)  # type: ignore[arg-type]
+    with opened:
+        assert _hybrid.parse(opened) == REQUEST
+    assert len(decrypted) == 1

@@ -165,11 +165,13 @@ def open_decoded(
     bytearray ciphertext gets the tag appended in place.
 
     With ``locked``, the AES key and the plaintext go only into memory that
-    mlock holds: :class:`nomyo.SecurityError` (before anything is decrypted)
-    where it cannot.
+    mlock holds: :class:`nomyo.SecurityError` where it cannot, before
+    anything is decrypted (both buffers are made first).
     """
     key = _buffer(AES_KEY_BYTES, secure, locked)
+    plain: Buffer | None = None
     try:
+        plain = _buffer(len(package.ciphertext), secure, locked)
         try:
             raw = private_key.decrypt(bytes(package.wrapped_key), _OAEP)
         except ValueError as exc:
@@ -182,24 +184,24 @@ def open_decoded(
             memoryview(key)[:] = raw
         finally:
             wipe(raw)
-        size = len(package.ciphertext)
         sealed = package.ciphertext
         if isinstance(sealed, bytearray):
             sealed += package.tag  # in place: decode() left room (this consumes the package)
         else:
             sealed = bytes(sealed) + bytes(package.tag)
-        plain = _buffer(size, secure, locked)
         cipher = AESGCM(memoryview(key))
         try:
             cipher.decrypt_into(bytes(package.nonce), sealed, None, memoryview(plain))
         except InvalidTag as exc:
-            plain.close()  # may hold unauthenticated plaintext
-            raise SecurityError(OPEN_FAILED) from exc
-        finally:
+            raise SecurityError(OPEN_FAILED) from exc  # plain, closed below, may hold
+        finally:  # unauthenticated plaintext
             del cipher
             _scrub_stack()  # so may blocks of the plaintext
-        return plain
+        opened, plain = plain, None
+        return opened
     finally:
+        if plain is not None:
+            plain.close()
         key.close()
 
 

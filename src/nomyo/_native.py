@@ -52,9 +52,6 @@ Region: Any = _namespace["Region"]
 wipe_object: Callable[[object, int], int] = _namespace["wipe_object"]
 #: b64decode_str(text, reserve) -> bytearray (csrc/pyglue.c), strict base64 from a str
 b64decode_str: Callable[[str, int], bytearray] = _namespace["b64decode_str"]
-#: utf8_size(text) / utf8_into(text, buffer): a str's UTF-8 without a bytes copy
-utf8_size: Callable[[str], int] = _namespace["utf8_size"]
-utf8_into: Callable[[str, Any], int] = _namespace["utf8_into"]
 #: pack(pieces) -> bytes: bytes pieces copied, (buffer,) pieces base64-encoded, one allocation
 pack: Callable[[list[Any]], bytes] = _namespace["pack"]
 #: json_size(obj) / json_into(obj, buffer): compact UTF-8 JSON written straight into a
