@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nomyo-installed
-SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h)
+SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h) src/nomyo/_constants.py
 
 .PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime
 

@@ -18,6 +18,7 @@ tests/test_sanitize.py knows it is in the lane.
 
 from __future__ import annotations
 
+import ast
 import os
 import pathlib
 
@@ -95,6 +96,17 @@ def _sanitizers() -> list[str]:
     return names
 
 
+def _max_nesting() -> str:
+    # MAX_NESTING is defined once, in the package's _constants.py (see csrc/nesting.h)
+    constants = HERE.parent / "src" / "nomyo" / "_constants.py"
+    for node in ast.parse(constants.read_text()).body:
+        if isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == [
+            "MAX_NESTING"
+        ]:
+            return str(int(ast.literal_eval(node.value)))
+    raise RuntimeError(f"MAX_NESTING not found in {constants}")
+
+
 SANITIZE = _sanitizers()
 sources = [_rel(name) for name in ("securemem.c", "pyglue.c", "b64.c", "jsonenc.c", "jsondec.c")]
 compile_args = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
@@ -116,6 +128,7 @@ ffibuilder.set_source(
     PREAMBLE,
     sources=sources,
     include_dirs=[_rel(".")],
+    define_macros=[("NOMYO_MAX_NESTING", _max_nesting())],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
     # pyglue.c defines a type with the buffer protocol and reads str internals:

@@ -12,19 +12,29 @@
  * transient copy is a number's text, in a stack buffer (or, past 64
  * digits, a heap one) zeroed after use.
  *
+ * The second pass trusts nothing the first one read: the caller may change
+ * the buffer meanwhile (another thread or process writing it, e.g. while
+ * this one holds the GIL).  It writes no more characters than were counted,
+ * none wider than the widest measured, stops at the measured end, and
+ * checks the copied plain runs in the new str itself; anything else is a
+ * ValueError ("the buffer changed while it was parsed"), never a write out
+ * of bounds or a malformed str.
+ *
  * It accepts what json.loads accepts, with the same result: RFC 8259 JSON
  * plus NaN, Infinity and -Infinity; duplicate keys keep the last value (or,
  * with unique_keys, are refused: the package decoder's rule);
  * \u escapes may produce lone surrogates and pair up into one character;
  * raw control characters in strings are refused (strict mode).  Errors are
  * ValueError (invalid JSON or UTF-8, an int over the digit limit) and
- * RecursionError (nesting deeper than the interpreter's recursion limit).
+ * RecursionError (nesting deeper than NOMYO_MAX_NESTING containers, see
+ * csrc/nesting.h, or than the interpreter's recursion limit allows).
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 
 #include "jsonscan.h"
+#include "nesting.h"
 #include "securemem.h"
 
 typedef struct {
@@ -32,6 +42,7 @@ typedef struct {
     Py_ssize_t n;
     Py_ssize_t i;
     int unique; /* refuse a key that appears twice in one object */
+    int depth;  /* containers open around d->i */
 } Dec;
 
 static PyObject *parse_value(Dec *d);
@@ -165,13 +176,20 @@ static int next_char(Dec *d, Py_UCS4 *out)
     }
 }
 
+static PyObject *changed(PyObject *s)
+{
+    Py_DECREF(s);
+    PyErr_SetString(PyExc_ValueError, "invalid JSON: the buffer changed while it was parsed");
+    return NULL;
+}
+
 /* a string token at d->i (after its opening quote): two passes, one str.
  * Runs of plain ASCII (no escape, no quote) are measured and copied whole. */
 static PyObject *parse_string(Dec *d)
 {
     const unsigned char *p = d->p;
-    Py_ssize_t start = d->i, n = d->n, length = 0, k = 0, run;
-    Py_UCS4 maxchar = 0, c;
+    Py_ssize_t start = d->i, n = d->n, end, length = 0, k = 0, run, q;
+    Py_UCS4 maxchar = 0, seen = 0, c;
     int simple = 1; /* no escape and no non-ASCII byte: one memcpy */
     PyObject *s;
     int kind;
@@ -195,40 +213,62 @@ static PyObject *parse_string(Dec *d)
             maxchar = c;
         length++;
     }
+    end = d->i; /* the closing quote, as the first pass saw it */
     s = PyUnicode_New(length, maxchar);
     if (s == NULL)
         return NULL;
     kind = PyUnicode_KIND(s);
     data = PyUnicode_DATA(s);
     if (simple) {
+        /* copied, then checked where no one else can write: in the str */
         memcpy(data, p + start, (size_t)length);
-        d->i++; /* the closing quote */
+        if ((Py_ssize_t)nomyo_plain_run(data, (size_t)length) != length)
+            return changed(s);
+        d->i = end + 1;
         return s;
     }
+    /* the second pass: bounded by what the first one measured, never by
+     * what it finds now */
     d->i = start;
-    for (;;) {
-        run = (Py_ssize_t)nomyo_plain_run(p + d->i, (size_t)(n - d->i));
+    while (d->i < end) {
+        run = (Py_ssize_t)nomyo_plain_run(p + d->i, (size_t)(end - d->i));
+        if (run > length - k)
+            return changed(s);
         if (run > 0) {
-            Py_ssize_t q;
             if (kind == PyUnicode_1BYTE_KIND) {
                 memcpy((Py_UCS1 *)data + k, p + d->i, (size_t)run);
-            } else if (kind == PyUnicode_2BYTE_KIND) {
-                for (q = 0; q < run; q++)
-                    ((Py_UCS2 *)data)[k + q] = p[d->i + q];
+                if ((Py_ssize_t)nomyo_plain_run((Py_UCS1 *)data + k, (size_t)run) != run)
+                    return changed(s);
             } else {
-                for (q = 0; q < run; q++)
-                    ((Py_UCS4 *)data)[k + q] = p[d->i + q];
+                for (q = 0; q < run; q++) {
+                    unsigned char b = p[d->i + q];
+                    if (!NOMYO_PLAIN(b))
+                        return changed(s);
+                    PyUnicode_WRITE(kind, data, k + q, b);
+                }
             }
+            if (seen < 0x7f)
+                seen = 0x7f;
             k += run;
             d->i += run;
+            if (d->i >= end)
+                break;
         }
-        if (p[d->i] == '"')
-            break;
-        next_char(d, &c); /* checked in the first pass */
+        /* next_char reads each byte once: c is what it checked */
+        if (k >= length || next_char(d, &c) != 0 || c > maxchar) {
+            PyErr_Clear();
+            return changed(s);
+        }
+        if (c > seen)
+            seen = c;
         PyUnicode_WRITE(kind, data, k, c);
         k++;
     }
-    d->i++; /* the closing quote */
+    /* every character written, the same widest one (a str's kind must be
+     * the narrowest that holds it), and the token ends where it did */
+    if (d->i != end || k != length || seen != maxchar)
+        return changed(s);
+    d->i = end + 1; /* the closing quote */
     return s;
 }
 
@@ -406,9 +446,17 @@ static PyObject *parse_value(Dec *d)
         return parse_string(d);
     case '{':
     case '[':
+        if (d->depth >= NOMYO_MAX_NESTING) {
+            PyErr_Format(PyExc_RecursionError,
+                         "JSON nested deeper than %d containers at byte %zd", NOMYO_MAX_NESTING,
+                         d->i);
+            return NULL;
+        }
         if (Py_EnterRecursiveCall(" while decoding a JSON document"))
             return NULL;
+        d->depth++;
         result = c == '{' ? parse_object(d) : parse_array(d);
+        d->depth--;
         Py_LeaveRecursiveCall();
         return result;
     case 't':
@@ -459,6 +507,7 @@ PyObject *nomyo_json_parse(PyObject *module, PyObject *args)
     d.n = view.len;
     d.i = 0;
     d.unique = unique;
+    d.depth = 0;
     skip_ws(&d);
     result = parse_value(&d);
     if (result != NULL) {

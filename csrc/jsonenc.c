@@ -18,24 +18,31 @@
  * before they are freed.
  *
  * Both passes run with the GIL held and call no Python code for dict, list,
- * tuple, str, int and float objects (subclasses included: their data is read
- * as json's C encoder reads it); dict subclasses are read through items(),
- * as json does.  If the object still changes between the two passes (another
- * thread), json_into finds the size differs and raises ValueError.
+ * tuple, str, int and float objects (str, int and float subclasses are read
+ * as json's C encoder reads them).  As json does, a dict subclass is read
+ * through its items() and a list or tuple subclass through its __iter__
+ * (both only when the container is not empty): Python code, which can
+ * change or free anything.  So every object is held by an owned reference
+ * while it is written (never a borrowed pointer into a container that code
+ * could change), and the sizes of exact lists are read again at each item.
+ * If the object changes between the two passes (that code, or another
+ * thread), the second pass never writes past the size the first one
+ * measured: json_into stops and raises ValueError as soon as the text
+ * differs in length.  Nesting deeper than NOMYO_MAX_NESTING containers
+ * (csrc/nesting.h) is a RecursionError, as in the decoder and wipe().
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <string.h>
 
 #include "jsonscan.h"
-
-#define JSON_MAX_PATH 1024
+#include "nesting.h"
 
 typedef struct {
     unsigned char *out; /* NULL while only counting */
     Py_ssize_t len;     /* bytes counted or written so far */
     Py_ssize_t cap;     /* the buffer's size when writing */
-    PyObject *path[JSON_MAX_PATH]; /* the containers being written, for cycles */
+    PyObject *path[NOMYO_MAX_NESTING]; /* the containers being written, for cycles */
     int depth;
 } Enc;
 
@@ -183,7 +190,7 @@ static int enter(Enc *e, PyObject *container)
             return -1;
         }
     }
-    if (e->depth >= JSON_MAX_PATH) {
+    if (e->depth >= NOMYO_MAX_NESTING) {
         PyErr_SetString(PyExc_RecursionError, "maximum nesting depth exceeded while encoding JSON");
         return -1;
     }
@@ -223,17 +230,32 @@ static int put_pair(Enc *e, PyObject *key, PyObject *value, int first)
     return 0;
 }
 
+/* a pair from a dict subclass's items(): `item` is owned by the caller */
+static int put_item(Enc *e, PyObject *item, int first)
+{
+    if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
+        PyErr_SetString(PyExc_ValueError, "items must return tuples of length 2");
+        return -1;
+    }
+    /* a tuple cannot change: it keeps its key and value alive */
+    return put_pair(e, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), first);
+}
+
 static int put_dict(Enc *e, PyObject *dict)
 {
-    int rc = -1;
+    int rc = -1, first = 1;
     if (enter(e, dict) != 0)
         return -1;
+    if (PyDict_GET_SIZE(dict) == 0) { /* as json: "{}", without calling items() */
+        rc = put(e, "{}", 2);
+        goto done;
+    }
     if (put1(e, '{') != 0)
         goto done;
     if (PyDict_CheckExact(dict)) {
         Py_ssize_t pos = 0;
         PyObject *key, *value;
-        int first = 1;
+        /* PyDict_Next stays in bounds if nested code changes the dict */
         while (PyDict_Next(dict, &pos, &key, &value)) {
             int failed;
             Py_INCREF(key);
@@ -246,21 +268,23 @@ static int put_dict(Enc *e, PyObject *dict)
             first = 0;
         }
     } else { /* a subclass: its items(), as json reads it */
+        PyObject *items, *item;
         Py_ssize_t i;
-        PyObject *items = PyMapping_Items(dict);
+        /* the list items() returned, which its owner may also hold and change */
+        items = PyMapping_Items(dict);
         if (items == NULL)
             goto done;
         for (i = 0; i < PyList_GET_SIZE(items); i++) {
-            PyObject *item = PyList_GET_ITEM(items, i);
-            if (!PyTuple_Check(item) || PyTuple_GET_SIZE(item) != 2) {
-                PyErr_SetString(PyExc_ValueError, "items must return 2-tuples");
+            int failed;
+            item = PyList_GET_ITEM(items, i);
+            Py_INCREF(item);
+            failed = put_item(e, item, first);
+            Py_DECREF(item);
+            if (failed) {
                 Py_DECREF(items);
                 goto done;
             }
-            if (put_pair(e, PyTuple_GET_ITEM(item, 0), PyTuple_GET_ITEM(item, 1), i == 0)) {
-                Py_DECREF(items);
-                goto done;
-            }
+            first = 0;
         }
         Py_DECREF(items);
     }
@@ -270,27 +294,51 @@ done:
     return rc;
 }
 
-static int put_array(Enc *e, PyObject *seq)
+/* the items of an exact list or tuple, or of the list `seq` was turned into;
+ * `seq` is owned by the caller, each item held while it is written */
+static int put_items(Enc *e, PyObject *seq)
 {
     Py_ssize_t i;
-    int rc = -1;
-    if (enter(e, seq) != 0)
-        return -1;
     if (put1(e, '[') != 0)
-        goto done;
-    /* the size is read again each time: a list is not copied first */
-    for (i = 0; i < (PyList_Check(seq) ? PyList_GET_SIZE(seq) : PyTuple_GET_SIZE(seq)); i++) {
-        PyObject *item = PyList_Check(seq) ? PyList_GET_ITEM(seq, i) : PyTuple_GET_ITEM(seq, i);
+        return -1;
+    /* the size is read again each time: a list is not copied first, and
+     * code run by a nested subclass may shorten it */
+    for (i = 0; i < PySequence_Fast_GET_SIZE(seq); i++) {
+        PyObject *item = PySequence_Fast_GET_ITEM(seq, i);
         int failed;
         Py_INCREF(item);
         failed = (i > 0 && put1(e, ',')) || put_value(e, item);
         Py_DECREF(item);
         if (failed)
-            goto done;
+            return -1;
     }
-    rc = put1(e, ']');
-done:
+    return put1(e, ']');
+}
+
+static int put_array(Enc *e, PyObject *seq)
+{
+    PyObject *items;
+    int rc;
+    if (PyList_CheckExact(seq) || PyTuple_CheckExact(seq)) {
+        items = seq;
+        Py_INCREF(items);
+    } else {
+        /* a subclass: what iterating it gives, as json reads it (a new list
+         * no other code holds) */
+        items = PySequence_Fast(seq, "_iterencode_list needs a sequence");
+        if (items == NULL)
+            return -1;
+    }
+    if (enter(e, seq) != 0) {
+        Py_DECREF(items);
+        return -1;
+    }
+    if (PySequence_Fast_GET_SIZE(items) == 0)
+        rc = put(e, "[]", 2);
+    else
+        rc = put_items(e, items);
     leave(e);
+    Py_DECREF(items);
     return rc;
 }
 

@@ -15,9 +15,8 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include "nesting.h"
 #include "securemem.h"
-
-#define WIPE_MAX_DEPTH 200
 
 typedef struct {
     PyObject_HEAD
@@ -295,27 +294,24 @@ static int wipe_buffer(PyObject *op)
     return 1;
 }
 
-static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth);
+/* Nothing here runs Python code (only exact-type reads and C buffer
+ * exports), so the borrowed references met on the way stay valid.
+ * `depth` counts the containers around op; a container deeper than
+ * NOMYO_MAX_NESTING (csrc/nesting.h, the codec's limit too) is skipped and
+ * noted in *too_deep, and the walk goes on with the values after it. */
+static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth, int *too_deep);
 
-static Py_ssize_t wipe_items(PyObject *const *items, Py_ssize_t n, int depth)
+static Py_ssize_t wipe_items(PyObject *const *items, Py_ssize_t n, int depth, int *too_deep)
 {
-    Py_ssize_t total = 0, i, got;
-    for (i = 0; i < n; i++) {
-        got = wipe_any(items[i], 1, depth + 1);
-        if (got < 0)
-            return -1;
-        total += got;
-    }
+    Py_ssize_t total = 0, i;
+    for (i = 0; i < n; i++)
+        total += wipe_any(items[i], 1, depth + 1, too_deep);
     return total;
 }
 
 /* max_refs: how many references an object held only by its owner has here */
-static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth)
+static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth, int *too_deep)
 {
-    if (depth > WIPE_MAX_DEPTH) {
-        PyErr_SetString(PyExc_RecursionError, "wipe: object nested too deeply");
-        return -1;
-    }
     if (PyObject_TypeCheck(op, &RegionType)) {
         RegionObject *r = (RegionObject *)op;
         if (r->closed || r->region == NULL)
@@ -333,35 +329,43 @@ static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth)
         return wipe_str(op);
     if (PyBytes_Check(op))
         return wipe_bytes(op);
+    if (!PyDict_Check(op) && !PyList_Check(op) && !PyTuple_Check(op))
+        return 0;
+    if (depth >= NOMYO_MAX_NESTING) {
+        *too_deep = 1;
+        return 0;
+    }
     if (PyDict_Check(op)) {
-        Py_ssize_t pos = 0, total = 0, got;
+        Py_ssize_t pos = 0, total = 0;
         PyObject *key, *value;
-        while (PyDict_Next(op, &pos, &key, &value)) {
-            got = wipe_any(value, 1, depth + 1);
-            if (got < 0)
-                return -1;
-            total += got;
-        }
+        while (PyDict_Next(op, &pos, &key, &value))
+            total += wipe_any(value, 1, depth + 1, too_deep);
         return total;
     }
     if (PyList_Check(op))
-        return wipe_items(((PyListObject *)op)->ob_item, PyList_GET_SIZE(op), depth);
-    if (PyTuple_Check(op))
-        return wipe_items(((PyTupleObject *)op)->ob_item, PyTuple_GET_SIZE(op), depth);
-    return 0;
+        return wipe_items(((PyListObject *)op)->ob_item, PyList_GET_SIZE(op), depth, too_deep);
+    return wipe_items(((PyTupleObject *)op)->ob_item, PyTuple_GET_SIZE(op), depth, too_deep);
 }
 
 static PyObject *py_wipe_object(PyObject *module, PyObject *args)
 {
     PyObject *op;
     Py_ssize_t max_refs, n;
+    int too_deep = 0;
     (void)module;
     if (!PyArg_ParseTuple(args, "On", &op, &max_refs))
         return NULL;
-    n = wipe_any(op, max_refs, 0);
+    n = wipe_any(op, max_refs, 0, &too_deep);
     if (n > 0)
         nomyo_scrub_stack(); /* and what copying the objects left in registers and below */
-    return n < 0 ? NULL : PyLong_FromSsize_t(n);
+    if (too_deep) {
+        PyErr_Format(PyExc_RecursionError,
+                     "wipe: values nested deeper than %d containers were left as they are "
+                     "(all others were wiped)",
+                     NOMYO_MAX_NESTING);
+        return NULL;
+    }
+    return PyLong_FromSsize_t(n);
 }
 
 static PyObject *py_refcount(PyObject *module, PyObject *args)

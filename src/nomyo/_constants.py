@@ -12,8 +12,14 @@ MEMORY_BACKENDS = ("native", "python")
 #: byte that fresh secure memory is filled with, so reads of never-written data show
 GARBAGE_BYTE = 0xDB
 
-#: how deep wipe() follows nested dict/list/tuple values
-WIPE_MAX_DEPTH = 200
+#: how many dict/list/tuple containers JSON may nest: the codec (C and the
+#: fallback) refuses deeper values with RecursionError, and wipe() follows
+#: values this deep, so it reaches everything the codec made.  Defined only
+#: here: csrc/build.py passes it to the C compiler as NOMYO_MAX_NESTING.
+#: Fixed, rather than the interpreter's recursion limit, so that the limit
+#: does not depend on the caller's stack or the Python version; low enough
+#: for the fallback's recursive wipe under the default recursion limit.
+MAX_NESTING = 512
 
 # ---- protocol 1.0 (../shared/PROTOCOL.md)
 PROTOCOL_VERSION = "1.0"

@@ -15,6 +15,7 @@ cleansed by OpenSSL itself), and the public ciphertext.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 from typing import Any
@@ -24,7 +25,7 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
-from ._constants import AES_KEY_BYTES, NONCE_BYTES, TAG_BYTES
+from ._constants import AES_KEY_BYTES, MAX_NESTING, NONCE_BYTES, TAG_BYTES
 from ._envelope import MalformedPackage, Package, decode, encode
 from ._exceptions import SecurityError
 from .memory import SecureBuffer, wipe
@@ -289,11 +290,28 @@ def parse(buf: Buffer, *, consume: bool = False) -> Any:
         if consume:
             buf.close()
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except (ValueError, RecursionError) as exc:
         raise SecurityError("the decrypted payload is not valid JSON") from exc
     finally:
         wipe(text)
+    if not _nesting_within_limit(value):  # as csrc/jsondec.c: no deeper than wipe() goes
+        with contextlib.suppress(RecursionError):
+            wipe(value)
+        raise SecurityError("the decrypted payload is not valid JSON")
+    return value
+
+
+def _nesting_within_limit(value: Any) -> bool:
+    """Whether no container in ``value`` sits inside MAX_NESTING others."""
+    pending = [(value, 0)]
+    while pending:
+        obj, depth = pending.pop()
+        if isinstance(obj, (dict, list)):  # what json.loads makes
+            if depth >= MAX_NESTING:
+                return False
+            pending.extend((v, depth + 1) for v in (obj.values() if isinstance(obj, dict) else obj))
+    return True
 
 
 def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey) -> Any:

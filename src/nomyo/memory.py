@@ -35,7 +35,7 @@ from functools import lru_cache
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, Literal, NoReturn
 
-from ._constants import GARBAGE_BYTE, MEMORY_BACKEND_ENV, MEMORY_BACKENDS, WIPE_MAX_DEPTH
+from ._constants import GARBAGE_BYTE, MAX_NESTING, MEMORY_BACKEND_ENV, MEMORY_BACKENDS
 from ._exceptions import SecureMemoryWarning, SecurityError
 
 if TYPE_CHECKING:
@@ -706,9 +706,9 @@ def _py_refcount(obj: object, _unused: int) -> int:
     return sys.getrefcount(obj)
 
 
-def _py_wipe(obj: object, max_refs: int, depth: int = 0) -> int:
-    if depth > WIPE_MAX_DEPTH:
-        raise RecursionError("wipe: object nested too deeply")
+def _py_wipe(obj: object, max_refs: int, depth: int = 0, too_deep: list[bool] | None = None) -> int:
+    # depth: the containers around obj; one frame per object, as the
+    # reference counts calibrated below expect (see _py_probe_nested)
     if isinstance(obj, SecureBuffer):
         if obj.closed:
             return 0
@@ -736,13 +736,20 @@ def _py_wipe(obj: object, max_refs: int, depth: int = 0) -> int:
         # both cache their hash right after the object header: recompute it
         ctypes.c_ssize_t.from_address(id(obj) + _HASH_OFFSET).value = -1
         return 1
+    if not isinstance(obj, (dict, list, tuple)):
+        return 0
+    deep: list[bool] = [] if too_deep is None else too_deep
     total = 0
-    if isinstance(obj, dict):
-        for value in obj.values():
-            total += _py_wipe(value, _NESTED_REFS, depth + 1)
-    elif isinstance(obj, (list, tuple)):
-        for value in obj:
-            total += _py_wipe(value, _NESTED_REFS, depth + 1)
+    if depth >= MAX_NESTING:  # as csrc/pyglue.c: skipped, noted, the walk goes on
+        deep.append(True)
+    else:
+        for value in obj.values() if isinstance(obj, dict) else obj:
+            total += _py_wipe(value, _NESTED_REFS, depth + 1, deep)
+    if too_deep is None and deep:
+        raise RecursionError(
+            f"wipe: values nested deeper than {MAX_NESTING} containers were left as they "
+            "are (all others were wiped)"
+        )
     return total
 
 
