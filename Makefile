@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nomyo-installed
 SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h) src/nomyo/_constants.py
 
-.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime
+.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime fuzz
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -58,7 +58,8 @@ SAN_LOGS   := $(SAN_DIR)/logs
 # the memory tests, and those that drive the C codec, pack and wipe (about 40 s)
 SAN_TESTS  ?= tests/test_sanitize.py tests/test_memory_native.py tests/test_memory_api.py \
               tests/test_memory_faults.py tests/test_memory_limits.py tests/test_fallback_lane.py \
-              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_validation.py
+              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_validation.py \
+              tests/test_native_defects.py
 SAN_ENV    := PYTHONPATH=$(SAN_DIR) NOMYO_SANITIZE=$(SANITIZERS) PYTHONMALLOC=malloc \
               LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
               ASAN_OPTIONS=detect_leaks=0:halt_on_error=1:log_path=$(SAN_LOGS)/asan \
@@ -83,6 +84,23 @@ sanitize: sanitize-build
 	status=$$?; \
 	if [ -n "$$(ls -A $(SAN_LOGS))" ]; then \
 	  cat $(SAN_LOGS)/*; echo "make sanitize: sanitizer reports above" >&2; exit 1; \
+	fi; \
+	exit $$status
+
+# ---- fuzzing lane: tests/fuzz_codec.py, the JSON decoder, the package decoder,
+# base64 and the encoder, each against the stdlib, over the sanitize build and
+# environment.  Hypothesis, derandomized (no database, PYTHONHASHSEED=0): the
+# same examples every run, so a failure reproduces with the same command.
+# FUZZ_EXAMPLES: the encoder's examples (the decoders run 3x as many); the
+# default takes about three minutes here.
+FUZZ_EXAMPLES ?= 2000
+fuzz: sanitize-build
+	mkdir -m 1777 $(SAN_LOGS)
+	$(SAN_ENV) PYTHONHASHSEED=0 NOMYO_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(PY) -m pytest \
+	  -p no:cacheprovider -q --durations=0 --hypothesis-show-statistics tests/fuzz_codec.py; \
+	status=$$?; \
+	if [ -n "$$(ls -A $(SAN_LOGS))" ]; then \
+	  cat $(SAN_LOGS)/*; echo "make fuzz: sanitizer reports above" >&2; exit 1; \
 	fi; \
 	exit $$status
 
