@@ -176,6 +176,43 @@ static int next_char(Dec *d, Py_UCS4 *out)
     }
 }
 
+/* Copy the plain bytes at the start of src (at most n) into a str's data of
+ * the given kind; returns how many.  What ends up in the str is checked:
+ * in the copy itself for 1-byte strs, and for wider ones each byte is read
+ * once, checked and stored, so a buffer changing meanwhile cannot put a
+ * non-plain byte into the str. */
+static Py_ssize_t copy_plain(int kind, void *dst, const unsigned char *src, Py_ssize_t n)
+{
+    Py_ssize_t i = 0, q;
+    uint64_t w;
+    unsigned char b[8];
+    if (kind == PyUnicode_1BYTE_KIND) { /* the run, copied, then checked in the copy */
+        i = (Py_ssize_t)nomyo_plain_run(src, (size_t)n);
+        memcpy(dst, src, (size_t)i);
+        return (Py_ssize_t)nomyo_plain_run(dst, (size_t)i);
+    }
+    while (i + 8 <= n) {
+        memcpy(&w, src + i, 8);
+        if (nomyo_special8(w))
+            break;
+        memcpy(b, &w, 8);
+        if (kind == PyUnicode_2BYTE_KIND)
+            for (q = 0; q < 8; q++)
+                ((Py_UCS2 *)dst)[i + q] = b[q];
+        else
+            for (q = 0; q < 8; q++)
+                ((Py_UCS4 *)dst)[i + q] = b[q];
+        i += 8;
+    }
+    for (; i < n; i++) {
+        unsigned char c = src[i];
+        if (!NOMYO_PLAIN(c))
+            break;
+        PyUnicode_WRITE(kind, dst, i, c);
+    }
+    return i;
+}
+
 static PyObject *changed(PyObject *s)
 {
     Py_DECREF(s);
@@ -188,7 +225,7 @@ static PyObject *changed(PyObject *s)
 static PyObject *parse_string(Dec *d)
 {
     const unsigned char *p = d->p;
-    Py_ssize_t start = d->i, n = d->n, end, length = 0, k = 0, run, q;
+    Py_ssize_t start = d->i, n = d->n, end, length = 0, k = 0, run;
     Py_UCS4 maxchar = 0, seen = 0, c;
     int simple = 1; /* no escape and no non-ASCII byte: one memcpy */
     PyObject *s;
@@ -231,22 +268,11 @@ static PyObject *parse_string(Dec *d)
      * what it finds now */
     d->i = start;
     while (d->i < end) {
-        run = (Py_ssize_t)nomyo_plain_run(p + d->i, (size_t)(end - d->i));
-        if (run > length - k)
-            return changed(s);
+        /* the plain run here, but no further than the characters left */
+        Py_ssize_t room = end - d->i < length - k ? end - d->i : length - k;
+        Py_UCS1 *at = (Py_UCS1 *)data + k * kind;
+        run = copy_plain(kind, at, p + d->i, room);
         if (run > 0) {
-            if (kind == PyUnicode_1BYTE_KIND) {
-                memcpy((Py_UCS1 *)data + k, p + d->i, (size_t)run);
-                if ((Py_ssize_t)nomyo_plain_run((Py_UCS1 *)data + k, (size_t)run) != run)
-                    return changed(s);
-            } else {
-                for (q = 0; q < run; q++) {
-                    unsigned char b = p[d->i + q];
-                    if (!NOMYO_PLAIN(b))
-                        return changed(s);
-                    PyUnicode_WRITE(kind, data, k + q, b);
-                }
-            }
             if (seen < 0x7f)
                 seen = 0x7f;
             k += run;

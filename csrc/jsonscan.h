@@ -23,6 +23,38 @@ static inline uint64_t nomyo_special8(uint64_t w)
 
 #define NOMYO_PLAIN(c) ((c) >= 0x20 && (c) < 0x80 && (c) != '"' && (c) != '\\')
 
+#if defined(__SSE2__)
+#include <emmintrin.h>
+
+/* 16 bytes at a time: as signed bytes, everything at or above 0x80 is below
+ * 0x20 too, so one compare finds control and non-ASCII bytes */
+static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
+{
+    size_t i = 0;
+    uint64_t w;
+    const __m128i space = _mm_set1_epi8(0x20);
+    const __m128i quote = _mm_set1_epi8('"');
+    const __m128i slash = _mm_set1_epi8('\\');
+    while (i + 16 <= n) {
+        __m128i v = _mm_loadu_si128((const __m128i *)(const void *)(p + i));
+        __m128i bad = _mm_or_si128(_mm_cmplt_epi8(v, space),
+                                   _mm_or_si128(_mm_cmpeq_epi8(v, quote), _mm_cmpeq_epi8(v, slash)));
+        int mask = _mm_movemask_epi8(bad);
+        if (mask != 0)
+            return i + (size_t)__builtin_ctz((unsigned)mask);
+        i += 16;
+    }
+    while (i + 8 <= n) {
+        memcpy(&w, p + i, 8);
+        if (nomyo_special8(w))
+            break;
+        i += 8;
+    }
+    while (i < n && NOMYO_PLAIN(p[i]))
+        i++;
+    return i;
+}
+#else
 static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
 {
     size_t i = 0;
@@ -37,5 +69,6 @@ static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
         i++;
     return i;
 }
+#endif
 
 #endif

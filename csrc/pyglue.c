@@ -432,7 +432,9 @@ static PyObject *py_pack(PyObject *module, PyObject *pieces)
     Py_buffer *views;
     char *dst, *as_base64;
     (void)module;
-    seq = PySequence_Fast(pieces, "pack() wants a sequence");
+    /* a tuple of our own: the pieces stay alive even if getting a buffer runs
+     * Python code (a __buffer__ method, 3.12+) that changes the caller's list */
+    seq = PySequence_Tuple(pieces);
     if (seq == NULL)
         return NULL;
     n = PySequence_Fast_GET_SIZE(seq);

@@ -610,6 +610,11 @@ def wipe(obj: object) -> int:
     referenced elsewhere are skipped, so the interpreter keeps working.  A
     zeroed ``str`` keeps its length and reads as NUL characters.
 
+    Values are followed up to ``MAX_NESTING`` (512) containers deep, the
+    JSON codec's own limit, so all of a parsed answer is reached.  Deeper
+    values are left as they are: everything else is wiped first, then
+    :class:`RecursionError` says so.
+
     .. warning::
        Only call it on objects you own and will not use again: to the
        interpreter a wiped ``str`` is a different string from then on.
