@@ -66,25 +66,6 @@ def test_dict_subclass_items_freed_by_nested_code() -> None:
     assert _serialized(value) == expected
 
 
-def test_item_tuples_replaced_while_written() -> None:
-    # the same with the value object kept alive only by the tuple the nested
-    # call replaces in the shared list
-    shared: list[Any] = []
-
-    class Swaps(dict):  # type: ignore[type-arg]
-        def items(self) -> Any:
-            shared[0] = ("gone", None)
-            return []
-
-    class Keeps(dict):  # type: ignore[type-arg]
-        def items(self) -> Any:
-            shared[:] = [("a", {"inner": [Swaps(z=1), "tail" * 16]})]
-            return shared
-
-    value = Keeps(z=1)
-    assert _serialized(value) == _dumps(value)
-
-
 @native_only
 def test_an_object_that_grows_between_the_passes_is_refused() -> None:
     # json_size and json_into each iterate a subclass: if they see different
