@@ -323,6 +323,27 @@ def test_fallback_wipe_follows_the_same_limit() -> None:
     assert "wiped True" in proc.stdout and "refused SecurityError" in proc.stdout, proc.stdout
 
 
+def test_python_parse_refuses_what_the_c_decoder_refuses(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the fallback's parse (json.loads) must stop where the C decoder stops,
+    # or wipe() could not reach all of what it made
+    monkeypatch.setattr(_hybrid, "_json_parse", None)
+    deepest = b"[" * MAX_NESTING + b'"x"' + b"]" * MAX_NESTING
+    assert _depth_of(_hybrid.parse(memoryview(bytearray(deepest)))) == MAX_NESTING
+    over = MAX_NESTING + 1
+    assert json.loads(b"[" * over + b"]" * over)  # the control: json.loads alone takes it
+    with pytest.raises(SecurityError):
+        _hybrid.parse(memoryview(bytearray(b"[" * over + b"]" * over)))
+    with pytest.raises(SecurityError):
+        _hybrid.parse(memoryview(bytearray(b'{"a":' * over + b"1" + b"}" * over)))
+
+
+def _depth_of(value: Any) -> int:
+    depth = 0
+    while isinstance(value, list):
+        value, depth = (value[0] if value else None), depth + 1
+    return depth
+
+
 def test_serve_answers_a_request_nested_250_deep(
     server: Endpoint, client_key: rsa.RSAPrivateKey
 ) -> None:
