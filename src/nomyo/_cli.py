@@ -212,7 +212,7 @@ def _keys_fingerprint(args: argparse.Namespace) -> int:
         raise _Failure("give a PEM file or --server URL", EXIT_USAGE)
     path = Path(args.pemfile)
     try:
-        data = path.read_bytes()
+        data = _keys.read_key_file(path)
     except OSError as exc:
         raise _Failure(f"{path}: {exc.strerror or exc}") from exc
     if b"PRIVATE KEY" in data:
