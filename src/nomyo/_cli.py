@@ -340,16 +340,13 @@ def _proxy(args: argparse.Namespace) -> int:
         verify=_verify(args),
     )
     # the router key is the proxy's own: a tool's placeholder bearer never replaces it
+    # the app answers only loopback Host names (DNS rebinding), unless told otherwise
     app = create_proxy_app(
-        client, models=args.model or (), api_key=args.api_key or os.environ.get("NOMYO_API_KEY")
+        client,
+        models=args.model or (),
+        api_key=args.api_key or os.environ.get("NOMYO_API_KEY"),
+        allowed_hosts=None if is_loopback(host) else ["*"],
     )
-    if is_loopback(host):
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        # a web page cannot reach a loopback proxy under another host name (DNS rebinding)
-        app.add_middleware(
-            TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"]
-        )
     return _run_uvicorn(
         uvicorn.Config(
             app, host=host, port=int(port), log_level=args.log_level, server_header=False
