@@ -29,7 +29,9 @@ from . import __version__, _keys
 from ._constants import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_KEY_BITS,
+    DEFAULT_MAX_CONCURRENT,
     DEFAULT_SERVE_HOST,
     DEFAULT_SERVE_PORT,
     PRIVATE_KEY_FILE,
@@ -389,6 +391,27 @@ def _server_key(args: argparse.Namespace) -> Any:
         return _keys.generate_private_key()
 
 
+def _serve_api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """--api-key, --api-key-env and --api-key-file together; never prints a key."""
+    from .server import read_api_key_file
+
+    keys = list(args.api_key or ())
+    if keys:
+        print(
+            "nomyo serve: WARNING: --api-key is readable by every local user "
+            "(/proc/PID/cmdline); use --api-key-env or --api-key-file",
+            file=sys.stderr,
+        )
+    for name in args.api_key_env or ():
+        keys.append(str(_env_secret(name, "--api-key-env")))
+    for path in args.api_key_file or ():
+        try:
+            keys.extend(read_api_key_file(path))
+        except (OSError, ValueError, NomyoError) as exc:
+            raise _Failure(f"cannot use --api-key-file: {exc}", _exit_code(exc)) from exc
+    return tuple(dict.fromkeys(keys))
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -405,9 +428,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise _Failure(f"no such file: {path}", EXIT_USAGE)
     config = ServerConfig(
         private_key=_server_key(args),
-        api_keys=tuple(args.api_key or ()),
+        api_keys=_serve_api_keys(args),
         upstream=args.upstream,
         upstream_api_key=_env_secret(args.upstream_api_key_env, "--upstream-api-key-env"),
+        body_timeout=args.body_timeout,
+        max_concurrent=args.max_concurrent,
     )
     print(f"router key fingerprint: {_keys.fingerprint(config.private_key)}", flush=True)
     scheme = "https" if args.certfile else "http"
@@ -508,7 +533,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument(
-        "--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable)"
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="accepted bearer key (repeatable; visible to local users: prefer the next two)",
+    )
+    serve.add_argument(
+        "--api-key-env", action="append", metavar="VAR", help="accepted bearer key from $VAR"
+    )
+    serve.add_argument(
+        "--api-key-file",
+        action="append",
+        metavar="PATH",
+        help="accepted bearer keys, one per line (a 0600 file of your own)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time to send a whole request body (default: {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT,
+        metavar="N",
+        help=f"requests at once; more get 503 (default: {DEFAULT_MAX_CONCURRENT})",
     )
     serve.add_argument("--server-key", metavar="PEM", help="router private key file (0600)")
     serve.add_argument("--server-key-password-env", metavar="VAR")

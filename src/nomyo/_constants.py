@@ -45,6 +45,14 @@ DEFAULT_SERVE_PORT = 12434
 #: seconds to connect to / wait for an upstream model server
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
+#: seconds a client has to send a whole request body (nomyo serve --body-timeout)
+DEFAULT_BODY_TIMEOUT = 30.0
+#: requests nomyo serve handles at once (--max-concurrent); beyond, 503 + Retry-After
+DEFAULT_MAX_CONCURRENT = 32
+#: seconds a 503 for a busy nomyo serve tells the client to wait
+BUSY_RETRY_AFTER = 1
+#: the largest --api-key-file
+MAX_API_KEY_FILE_BYTES = 64 * 1024
 
 # ---- the client
 DEFAULT_BASE_URL = "https://api.nomyo.ai"

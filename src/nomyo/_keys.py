@@ -50,6 +50,7 @@ __all__ = [
     "read_key_file",
     "save_private_key",
     "save_public_key",
+    "secret_file",
 ]
 
 _PRIVATE_FILE_MODE = 0o600
@@ -390,7 +391,11 @@ def _refuse_unless_owned(path: str, info: os.stat_result, what: str) -> None:
 
 @contextlib.contextmanager
 def _key_file(
-    path: str, what: str = "private key file", *, private: bool = True
+    path: str,
+    what: str = "private key file",
+    *,
+    private: bool = True,
+    max_bytes: int = MAX_KEY_FILE_BYTES,
 ) -> Iterator[memoryview]:
     """The contents of a key file, in a SecureBuffer closed on exit.
 
@@ -411,10 +416,8 @@ def _key_file(
             raise SecurityError(
                 f"{what} {path} is accessible by others (mode {mode:04o}); run: chmod 600 {quoted}"
             )
-        if info.st_size > MAX_KEY_FILE_BYTES:
-            raise ValueError(
-                f"{path} is not a key file: {info.st_size} bytes, more than {MAX_KEY_FILE_BYTES}"
-            )
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is not a {what}: {info.st_size} bytes, more than {max_bytes}")
         # one byte more than fstat said, to notice a file that grew meanwhile
         with SecureBuffer(info.st_size + 1) as buf, memoryview(buf) as whole:
             length = _read_into(fd, whole)
@@ -424,6 +427,20 @@ def _key_file(
                 yield contents
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def secret_file(path: str | os.PathLike[str], what: str, max_bytes: int) -> Iterator[memoryview]:
+    """The contents of a small secret file (an API key file), with the checks
+    of a private key file, in a SecureBuffer zeroed on exit.
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: not a regular file, or over ``max_bytes``.
+    :raises nomyo.SecurityError: owned by another user, or accessible by the
+        group or others.
+    """
+    with _key_file(_fspath(path), what, max_bytes=max_bytes) as contents:
+        yield contents
 
 
 def read_key_file(path: str | os.PathLike[str]) -> bytes:
@@ -453,7 +470,7 @@ def load_public_key_file(path: str | os.PathLike[str]) -> rsa.RSAPublicKey:
     name = _fspath(path)
     with _key_file(name, "public key file", private=False) as contents:
         try:
-            return load_public_key(contents)
+            return load_public_key(bytes(contents))
         except ValueError as exc:
             raise ValueError(f"public key file {name}: {exc}") from exc
 
