@@ -511,7 +511,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_oversized_file_is_not_a_key_file(tmp_path: Path) -> None:
     path = write_file(tmp_path / "big.pem", b"A" * (_keys.MAX_KEY_FILE_BYTES + 1), 0o600)
-    with pytest.raises(ValueError, match="is not a .*key file: .* bytes, more than"):
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than"):
         _keys.load_private_key(path)
 
 
@@ -625,10 +625,10 @@ def test_dev_zero_and_fifos_are_refused_quickly(
 def test_oversized_public_key_file_is_refused(key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
     pem = _keys.public_pem(key)
     path = write_file(tmp_path / "big.pem", pem + b"\n" * _keys.MAX_KEY_FILE_BYTES, 0o644)
-    with pytest.raises(ValueError, match="is not a .*key file: .* bytes, more than") as caught:
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than") as caught:
         _keys.load_public_key_file(path)
     assert str(path) in str(caught.value)
-    with pytest.raises(ValueError, match="is not a .*key file: .* bytes, more than"):
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than"):
         _keys.read_key_file(path)
     # the control: the same key without the padding loads
     small = write_file(tmp_path / "small.pem", pem + b"\n" * 16, 0o644)
