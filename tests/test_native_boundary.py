@@ -4,16 +4,22 @@
   another thread meanwhile zeroes the buffer but cannot hand its pages to
   the next buffer of that size while getrandom() is still writing them;
 - the test hooks (debug capture, sanitizer self-tests) are compiled only
-  into test builds (see tests/test_package.py for the installed build).
+  into test builds (see tests/test_package.py for the installed build);
+- ``NOMYO_MEMORY_BACKEND=python`` loads no compiled nomyo code, whatever
+  the request path touches (checked in /proc/self/maps after a round trip
+  against ``nomyo serve``).
 """
 
 from __future__ import annotations
 
 import ctypes
+import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from tests.conftest import native_only, run_python
+from tests.servers import API_KEY, Endpoint
 
 # 512 data pages: the largest size the free-region cache still keeps
 # (NOMYO_CACHE_MAX_PAGES), so a closed region's pages go straight to the
@@ -112,3 +118,54 @@ def test_this_test_build_has_the_hooks_the_shipped_one_must_not() -> None:
 
 
 MODULES = ("nomyo._securemem", "nomyo._pyglue")
+
+
+# ------------------------------------- NOMYO_MEMORY_BACKEND=python loads no C (item 7)
+
+ROUND_TRIP = """
+import json, os, sys
+import nomyo
+from nomyo import _envelope, _hybrid, memory
+tools = [{"type": "function", "function": {"name": "f", "parameters": {"a": [1, 2.5, None]}}}]
+with nomyo.SyncSecureChatCompletion(URL, api_key=KEY, verify=CA) as client:
+    answer = client.create("echo", [{"role": "user", "content": "maps \\u00e9 \\U0001f512"}],
+                           tools=tools, temperature=0.2)
+call = answer["choices"][0]["message"]["tool_calls"][0]  # echo answers tools with a call
+assert json.loads(call["function"]["arguments"]) == {"text": "maps \\u00e9 \\U0001f512"}, answer
+secret = bytearray(b"wiped too")
+nomyo.wipe(secret)
+package = os.path.dirname(nomyo.__file__)
+mapped = sorted({line.split(None, 5)[5] for line in open("/proc/self/maps")
+                 if len(line.split(None, 5)) == 6})
+print(json.dumps({
+    "backend": memory.BACKEND,
+    "codec": [_hybrid._json_parse is not None, _envelope._c_parse is not None],
+    "ours": [p for p in mapped if p.startswith(package + os.sep)
+             or os.path.basename(p).startswith(("_securemem", "_pyglue"))],
+    "compiled_modules": sorted(n for n, m in sys.modules.items()
+                               if n.startswith("nomyo") and str(getattr(m, "__file__", "")
+                               ).endswith(".so")),
+}))
+"""
+
+
+def _round_trip_maps(server: Endpoint, backend: str) -> dict[str, Any]:
+    code = f"URL, KEY, CA = {server.url!r}, {API_KEY!r}, {str(server.ca)!r}\n" + ROUND_TRIP
+    proc = run_python(code, env={"NOMYO_MEMORY_BACKEND": backend})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout)  # type: ignore[no-any-return]
+
+
+@native_only
+def test_python_backend_maps_no_compiled_nomyo_code(server: Endpoint) -> None:
+    seen = _round_trip_maps(server, "python")
+    assert seen["backend"] == "python"
+    assert seen["codec"] == [False, False]  # _hybrid and _envelope fell back too
+    assert seen["ours"] == [] and seen["compiled_modules"] == []
+    # the control: the native backend's round trip maps both modules, and the
+    # check above finds them by path
+    seen = _round_trip_maps(server, "native")
+    assert seen["backend"] == "native" and seen["codec"] == [True, True]
+    names = sorted(Path(p).name.split(".")[0] for p in seen["ours"])
+    assert names == ["_pyglue", "_securemem"], seen["ours"]
+    assert seen["compiled_modules"] == ["nomyo._pyglue", "nomyo._securemem"]

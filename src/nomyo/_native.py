@@ -6,7 +6,9 @@
 This module joins them: a region allocated through cffi is handed to
 ``_pyglue.Region`` as a buffer whose release frees it, so no address crosses
 as an integer.  Raises ImportError when an extension is missing or unusable,
-which ``nomyo.memory`` turns into the pure-Python fallback.
+and when ``NOMYO_MEMORY_BACKEND=python`` asks for no compiled code at all;
+``nomyo.memory``, ``nomyo._hybrid`` and ``nomyo._envelope`` then use their
+pure-Python code.
 """
 
 from __future__ import annotations
@@ -18,8 +20,12 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 
+from ._constants import MEMORY_BACKEND_ENV
+
 if sys.implementation.name != "cpython":  # pragma: no cover - CPython is what we build for
     raise ImportError("the native secure-memory backend needs CPython")
+if os.environ.get(MEMORY_BACKEND_ENV, "").strip().lower() == "python":
+    raise ImportError(f"{MEMORY_BACKEND_ENV}=python: no compiled nomyo code is loaded")
 
 from . import _pyglue
 from ._pyglue import (
