@@ -12,6 +12,7 @@
 
 from __future__ import annotations
 
+import ast
 import ctypes
 import json
 import sys
@@ -84,6 +85,7 @@ def test_fill_random_racing_close_never_writes_another_buffer() -> None:
 #: names only a test build may contain: the debug capture (NOMYO_TEST_HOOKS)
 #: and the sanitizer lane's self-tests (NOMYO_SANITIZE)
 HOOK_NAMES = (b"nomyo_debug_capture", b"nomyo_debug_captured", b"nomyo_selftest_")
+MODULES = ("nomyo._securemem", "nomyo._pyglue")
 
 
 def hooks_in(path: Path) -> dict[str, list[str]]:
@@ -117,7 +119,24 @@ def test_this_test_build_has_the_hooks_the_shipped_one_must_not() -> None:
     assert not hooks_in(pyglue)["dlsym"]  # the capture lives in the allocator only
 
 
-MODULES = ("nomyo._securemem", "nomyo._pyglue")
+@native_only
+def test_the_stub_mypy_reads_matches_the_module() -> None:
+    # src/nomyo/_pyglue.pyi gives mypy the types of the CPython extension
+    from nomyo import _pyglue
+
+    stub = ast.parse((Path(__file__).parents[1] / "src/nomyo/_pyglue.pyi").read_text())
+    declared = {n.name for n in stub.body if isinstance(n, ast.FunctionDef | ast.ClassDef)}
+    declared |= {
+        n.target.id
+        for n in stub.body
+        if isinstance(n, ast.AnnAssign) and isinstance(n.target, ast.Name)
+    }
+    present = {n for n in dir(_pyglue) if not n.startswith("__")}
+    selftests = {"_selftest_heap_read", "_selftest_shift"}  # sanitizer build only
+    assert declared - selftests == present - selftests, (declared, present)
+    assert (selftests <= present) is bool(_pyglue.SANITIZE_BUILD)
+    region = {n.name for n in stub.body if isinstance(n, ast.ClassDef)}
+    assert region == {"Region"}
 
 
 # ------------------------------------- NOMYO_MEMORY_BACKEND=python loads no C (item 7)
