@@ -24,8 +24,9 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsondec.h"
 #include "jsonscan.h"
-#include "securemem.h"
+#include "primitives.h"
 
 typedef struct {
     const unsigned char *p;

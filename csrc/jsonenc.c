@@ -27,6 +27,7 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsonenc.h"
 #include "jsonscan.h"
 
 #define JSON_MAX_PATH 1024

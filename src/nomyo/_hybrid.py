@@ -45,7 +45,7 @@ try:
     from ._native import json_parse as _json_parse
     from ._native import json_size as _json_size
     from ._native import scrub_stack as _scrub_stack
-except ImportError:  # pragma: no cover - no extension: json.dumps/loads, copies wiped
+except ImportError:  # no extension, or NOMYO_MEMORY_BACKEND=python: json.dumps/loads, copies wiped
     _json_into = _json_size = _json_parse = None  # type: ignore[assignment]
 
     def _scrub_stack() -> None:  # Python cannot reach the C stack
