@@ -29,6 +29,7 @@ from ._exceptions import (
     ServerError,
     ServiceUnavailableError,
 )
+from ._sdk_transport import AsyncSecureTransport, SecureTransport
 from .memory import MemoryProtection, SecureBuffer, protection, wipe
 
 __version__ = "0.3.0.dev0"
@@ -40,6 +41,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncSecureTransport",
     "AuthenticationError",
     "ForbiddenError",
     "InvalidRequestError",
@@ -50,6 +52,7 @@ __all__ = [
     "SecureChatCompletion",
     "SecureCompletionClient",
     "SecureMemoryWarning",
+    "SecureTransport",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
