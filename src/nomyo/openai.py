@@ -52,12 +52,13 @@ def metadata(obj: Any) -> dict[str, Any] | None:
     return value if isinstance(value, dict) else None
 
 
-def _sdk_base_url(base_url: str | None) -> str:
-    """The router URL with the ``/v1`` the SDK's paths hang under."""
+def _sdk_base_url(base_url: Any) -> str:
+    """The router URL with the ``/v1`` the SDK's paths hang under (a URL
+    object too: the SDK's copy() passes its own)."""
     url = base_url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-    if not isinstance(url, str):
+    if not isinstance(url, str) and type(url).__name__ != "URL":
         raise TypeError(f"base_url must be a string, not {type(url).__name__}")
-    url = url.rstrip("/")
+    url = str(url).rstrip("/")
     return url if url.endswith("/v1") else url + "/v1"
 
 
@@ -95,7 +96,7 @@ class OpenAI(openai.OpenAI):
         self,
         *,
         api_key: str | None = None,
-        base_url: str | None = None,
+        base_url: Any = None,
         server_key_fingerprint: str | None = None,
         verify: Verify = True,
         secure_memory: bool = True,
@@ -143,7 +144,7 @@ class AsyncOpenAI(openai.AsyncOpenAI):
         self,
         *,
         api_key: str | None = None,
-        base_url: str | None = None,
+        base_url: Any = None,
         server_key_fingerprint: str | None = None,
         verify: Verify = True,
         secure_memory: bool = True,
