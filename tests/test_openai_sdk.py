@@ -71,9 +71,7 @@ def recorder(tls: dict[str, Path], fault_key: rsa.RSAPrivateKey) -> Iterator[Rec
 
 
 @pytest.fixture
-def make(
-    tls: dict[str, Path], key_dir: Path
-) -> Iterator[Callable[..., OpenAI]]:
+def make(tls: dict[str, Path], key_dir: Path) -> Iterator[Callable[..., OpenAI]]:
     clients: list[OpenAI] = []
 
     def build(url: str, **options: Any) -> OpenAI:
@@ -160,14 +158,18 @@ def test_tools(server: Endpoint, make: Callable[..., OpenAI]) -> None:
     assert delta_calls[0].function is not None and delta_calls[0].function.name == "lookup"
 
 
-def test_models_list_is_answered_locally(recorder: RecordingRouter, make: Callable[..., OpenAI]) -> None:
+def test_models_list_is_answered_locally(
+    recorder: RecordingRouter, make: Callable[..., OpenAI]
+) -> None:
     client = make(recorder.url, models=["echo", "other"])
     assert [m.id for m in client.models.list()] == ["echo", "other"]
     assert [m.id for m in make(recorder.url).models.list()] == ["nomyo"]
     assert recorder.seen == []
 
 
-def test_async_client_and_async_stream(server: Endpoint, tls: dict[str, Path], key_dir: Path) -> None:
+def test_async_client_and_async_stream(
+    server: Endpoint, tls: dict[str, Path], key_dir: Path
+) -> None:
     async def go() -> tuple[str | None, str]:
         client = AsyncOpenAI(
             base_url=server.url, api_key=API_KEY, verify=str(tls["ca"]), key_dir=key_dir
@@ -265,8 +267,9 @@ def test_pin_mismatch_names_the_pin_sends_nothing_and_is_not_retried(
 ) -> None:
     pin = "sha256:" + "0" * 64
     client = make(recorder.url, server_key_fingerprint=pin, max_retries=2)
-    with pytest.raises(SecurityError, match=pin):
+    with pytest.raises(SecurityError, match=pin) as caught:
         client.chat.completions.create(model="echo", messages=PROMPT)
+    assert isinstance(caught.value, openai.OpenAIError)  # what the SDK re-raises untouched
     assert recorder.seen == [("GET", "/pki/public_key")]  # one key fetch, no POST, no retry
     # control: the right pin sends
     make(recorder.url, server_key_fingerprint=recorder.fingerprint).chat.completions.create(
@@ -299,6 +302,7 @@ def test_other_endpoints_are_refused_before_anything_is_sent(
     with pytest.raises(SecurityError, match="nothing was sent") as caught:
         call(client)
     assert "refused" in str(caught.value) and MARKER not in str(caught.value)
+    assert isinstance(caught.value, openai.OpenAIError)
     assert recorder.seen == []
     # control: the recorder sees what is sent, on known and unknown paths
     client.chat.completions.create(model="echo", messages=PROMPT)

@@ -18,8 +18,9 @@ the tier.  Failures become what the SDK maps to its own errors::
     APITimeoutError             httpx.ReadTimeout    (the SDK: APITimeoutError)
     APIConnectionError          httpx.ConnectError   (the SDK: APIConnectionError)
     ValueError/TypeError        400, x-should-retry: false (nothing was sent)
-    SecurityError               raised as it is: the openai SDK (2.x/3.x) neither
-                                wraps nor retries an exception that is not httpx's
+    SecurityError               raised; once openai is imported it is also an
+                                openai.OpenAIError, which the SDK (2.45+) neither
+                                wraps nor retries
 
 Retries are the SDK's (its ``max_retries``, Retry-After honoured): the nomyo
 clients here make one attempt each, so a retry seals afresh and policies never
@@ -75,10 +76,28 @@ def _kind(request: Any) -> str:
     if method == "GET" and path.endswith("/models"):
         return "models"
     shown = path[:200] if path.isprintable() else ascii(path[:200])
-    raise SecurityError(
+    raise _security_error(
         f"nomyo refused {method} {shown}: {ALLOWED}; nothing was sent (it would have "
         "left in plain text)"
     )
+
+
+_SDK_SECURITY: dict[type[Any], type[SecurityError]] = {}
+
+
+def _security_error(message: str) -> SecurityError:
+    """A SecurityError that, once the openai SDK is loaded, is also an
+    ``openai.OpenAIError``: the SDK (2.45 and later) re-raises those as they
+    are, without wrapping them in APIConnectionError or retrying them."""
+    openai = sys.modules.get("openai")
+    base = getattr(openai, "OpenAIError", None)
+    if not isinstance(base, type) or not issubclass(base, Exception):
+        return SecurityError(message)
+    cls = _SDK_SECURITY.get(base)
+    if cls is None:
+        cls = type("SecurityError", (SecurityError, base), {"__module__": "nomyo"})
+        _SDK_SECURITY[base] = cls
+    return cls(message)
 
 
 def _router(request: Any) -> str:
@@ -454,6 +473,8 @@ class SecureTransport(httpx.BaseTransport):
             answer = self._client(_router(request)).create(**body)
         except (_Refused, ValueError, TypeError, APIError) as exc:
             return _failure(module, request, exc)
+        except SecurityError as exc:  # e.g. the pin: never retried by the SDK
+            raise _security_error(str(exc)) from exc
         finally:
             wipe(body)
         return _success(module, answer, stream, include_usage, False)
@@ -518,6 +539,8 @@ class AsyncSecureTransport(httpx.AsyncBaseTransport):
             answer = await self._client(_router(request)).create(**body)
         except (_Refused, ValueError, TypeError, APIError) as exc:
             return _failure(module, request, exc)
+        except SecurityError as exc:  # e.g. the pin: never retried by the SDK
+            raise _security_error(str(exc)) from exc
         finally:
             wipe(body)
         return _success(module, answer, stream, include_usage, True)

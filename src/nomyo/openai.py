@@ -10,7 +10,8 @@ through :class:`nomyo.SecureTransport` (needs the ``openai`` extra)::
 
 Only chat completions (``stream=True`` too: the one answer in chunks) and
 ``models.list()`` work; every other endpoint, and the SDK's websocket APIs
-(realtime, ...), raise :class:`nomyo.SecurityError` before anything is sent.
+(realtime, ...), raise :class:`nomyo.SecurityError` (also an ``openai.OpenAIError``,
+so the SDK does not retry it) before anything is sent.
 Retries are the SDK's (``max_retries``).  The tier of a request:
 ``extra_headers={"X-Security-Tier": "high"}``.
 """
@@ -31,8 +32,7 @@ from ._constants import (
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_TIMEOUT,
 )
-from ._exceptions import SecurityError
-from ._sdk_transport import AsyncSecureTransport, SecureTransport
+from ._sdk_transport import AsyncSecureTransport, SecureTransport, _security_error
 from ._transport import Verify
 
 __all__ = ["AsyncOpenAI", "OpenAI", "metadata"]
@@ -134,7 +134,7 @@ class OpenAI(openai.OpenAI):
 
     def _websocket_query_params(self, *args: Any, **kwargs: Any) -> Any:
         # every websocket API of the SDK asks for these before it connects
-        raise SecurityError(_WEBSOCKETS)
+        raise _security_error(_WEBSOCKETS)
 
 
 class AsyncOpenAI(openai.AsyncOpenAI):
@@ -183,4 +183,4 @@ class AsyncOpenAI(openai.AsyncOpenAI):
         )
 
     def _websocket_query_params(self, *args: Any, **kwargs: Any) -> Any:
-        raise SecurityError(_WEBSOCKETS)
+        raise _security_error(_WEBSOCKETS)
