@@ -374,3 +374,13 @@ def test_transport_under_plain_httpx(server: Endpoint, tls: dict[str, Path], key
         assert bad.status_code == 400 and bad.headers["x-should-retry"] == "false"
         with pytest.raises(SecurityError, match="refused GET /v1/files"):
             http.get(server.url + "/v1/files")
+        chat = server.url + "/v1/chat/completions"
+        for content, message in [
+            (b"{not json", "not valid JSON"),
+            (b"[1, 2]", "must be a JSON object"),
+            (json.dumps({"model": "echo", "messages": PROMPT, "stream": "yes"}).encode(), "stream"),
+            (json.dumps({"model": "", "messages": PROMPT}).encode(), "model"),
+        ]:
+            refused = http.post(chat, content=content)
+            assert refused.status_code == 400, content
+            assert message in refused.json()["error"]["message"]

@@ -267,16 +267,20 @@ def _events(answer: dict[str, Any], include_usage: bool) -> list[dict[str, Any]]
     return chunks
 
 
-def _event_bytes(chunk: dict[str, Any]) -> bytearray:
+def _event_bytes(chunk: dict[str, Any]) -> bytes:
+    """One server-sent event; the intermediate str and bytes are wiped."""
     text = json.dumps(chunk, separators=(",", ":"), ensure_ascii=False)
+    encoded = text.encode()
+    wipe(text)
     try:
-        return bytearray(b"data: ") + text.encode() + b"\n\n"
+        return b"".join((b"data: ", encoded, b"\n\n"))
     finally:
-        wipe(text)
+        wipe(encoded)
 
 
 class _SyncEvents(httpx.SyncByteStream):
-    """Server-sent events made one at a time, each wiped once the reader moves on."""
+    """Server-sent events made one at a time, each wiped once the reader moves
+    on (wipe() leaves alone an event the reader still holds)."""
 
     def __init__(self, chunks: list[dict[str, Any]]) -> None:
         self._chunks = chunks
@@ -284,10 +288,8 @@ class _SyncEvents(httpx.SyncByteStream):
     def __iter__(self) -> Iterator[bytes]:
         for chunk in self._chunks:
             event = _event_bytes(chunk)
-            try:
-                yield bytes(event)
-            finally:
-                wipe(event)
+            yield event
+            wipe(event)
         yield b"data: [DONE]\n\n"
 
     def close(self) -> None:
@@ -301,10 +303,8 @@ class _AsyncEvents(httpx.AsyncByteStream):
     async def __aiter__(self) -> AsyncIterator[bytes]:
         for chunk in self._chunks:
             event = _event_bytes(chunk)
-            try:
-                yield bytes(event)
-            finally:
-                wipe(event)
+            yield event
+            wipe(event)
         yield b"data: [DONE]\n\n"
 
     async def aclose(self) -> None:
