@@ -200,6 +200,20 @@ def test_tier_goes_as_x_security_tier(router: FaultRouter, make: Callable[..., O
     assert len(router.posts) == 1  # the bad tier sent nothing
 
 
+def test_openai_api_key_is_never_sent_to_the_router(
+    router: FaultRouter, tls: dict[str, Path], key_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-openai-secret")
+    monkeypatch.delenv("NOMYO_API_KEY", raising=False)
+    with pytest.raises(ValueError, match="NOMYO_API_KEY") as caught:
+        OpenAI(base_url=router.url, verify=str(tls["ca"]), key_dir=key_dir)
+    assert "sk-openai-secret" not in str(caught.value)
+    monkeypatch.setenv("NOMYO_API_KEY", "nomyo-key")  # control: the router's key is sent
+    with OpenAI(base_url=router.url, verify=str(tls["ca"]), key_dir=key_dir) as client:
+        client.chat.completions.create(model="echo", messages=PROMPT)
+    assert router.posts[-1].headers["authorization"] == "Bearer nomyo-key"
+
+
 # ---------------------------------------------------------------- errors
 
 

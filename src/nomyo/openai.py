@@ -62,8 +62,20 @@ def _sdk_base_url(base_url: Any) -> str:
     return url if url.endswith("/v1") else url + "/v1"
 
 
-def _api_key(api_key: str | None) -> str | None:
-    return api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+def _api_key(api_key: str | None) -> str:
+    """The router's key; never the SDK's fallback OPENAI_API_KEY, which would
+    hand an OpenAI key to the router.
+
+    :raises ValueError: neither ``api_key`` nor NOMYO_API_KEY.
+    """
+    if api_key is None:
+        api_key = os.environ.get(API_KEY_ENV) or None
+    if not api_key:
+        raise ValueError(
+            f"api_key is required (or {API_KEY_ENV}); OPENAI_API_KEY is never sent to a "
+            "router, and any string will do for a router that asks for none"
+        )
+    return api_key
 
 
 def _transport_timeout(timeout: Any) -> float | httpx.Timeout | None:
@@ -80,7 +92,8 @@ def _ours(http_client: Any, kind: type[Any]) -> bool:
 class OpenAI(openai.OpenAI):
     """``openai.OpenAI``, end to end encrypted to a NOMYO router.
 
-    :param api_key: the router's API key (``NOMYO_API_KEY`` when None).
+    :param api_key: the router's API key (``NOMYO_API_KEY`` when None; never
+        ``OPENAI_API_KEY``).
     :param base_url: the router, with or without ``/v1`` (``NOMYO_BASE_URL``,
         else https://api.nomyo.ai).
     :param server_key_fingerprint: ``"sha256:<hex>"``: any other router key
