@@ -398,3 +398,32 @@ def test_transport_under_plain_httpx(server: Endpoint, tls: dict[str, Path], key
             refused = http.post(chat, content=content)
             assert refused.status_code == 400, content
             assert message in refused.json()["error"]["message"]
+
+
+def test_async_pin_and_errors(
+    recorder: RecordingRouter, tls: dict[str, Path], key_dir: Path
+) -> None:
+    async def go() -> None:
+        options: dict[str, Any] = dict(
+            base_url=recorder.url, api_key=API_KEY, verify=str(tls["ca"]), key_dir=key_dir
+        )
+        async with AsyncOpenAI(server_key_fingerprint="sha256:" + "1" * 64, **options) as pinned:
+            with pytest.raises(SecurityError, match="sha256:1111"):
+                await pinned.chat.completions.create(model="echo", messages=PROMPT)
+        assert recorder.seen == [("GET", "/pki/public_key")]
+        recorder.script = [status(429, retry_after="2"), slow(5)]
+        async with AsyncOpenAI(max_retries=0, timeout=0.5, **options) as client:
+            with pytest.raises(openai.RateLimitError) as caught:
+                await client.chat.completions.create(model="echo", messages=PROMPT)
+            assert caught.value.response.headers["retry-after"] == "2"
+            with pytest.raises(openai.APITimeoutError):
+                await client.chat.completions.create(model="echo", messages=PROMPT)
+
+    asyncio.run(go())
+    assert len(recorder.posts) == 2
+
+
+def test_streaming_response_wrapper(server: Endpoint, make: Callable[..., OpenAI]) -> None:
+    create = make(server.url).chat.completions.with_streaming_response.create
+    with create(model="echo", messages=PROMPT) as response:
+        assert response.parse().choices[0].message.content == MARKER
