@@ -30,8 +30,11 @@ from ._constants import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
     DEFAULT_KEY_BITS,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_SERVE_HOST,
     DEFAULT_SERVE_PORT,
+    MODEL_ENV,
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     SECURITY_TIERS,
@@ -50,8 +53,6 @@ EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 EXIT_AUTHENTICATION = 4
 EXIT_SECURITY = 5
-
-MODEL_ENV = "NOMYO_MODEL"
 
 
 class _Failure(Exception):
@@ -461,7 +462,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help=f"the model (default: ${MODEL_ENV})")
     chat.add_argument("--tier", choices=SECURITY_TIERS, help="security tier")
     chat.add_argument("--system", metavar="TEXT", help="a system message first")
-    chat.add_argument("--max-retries", type=int, default=2)
+    chat.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     chat.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: stdin)")
     chat.set_defaults(func=_chat)
 
@@ -493,7 +494,7 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy", help="a local OpenAI-compatible endpoint that encrypts to a router"
     )
     _router_options(proxy)
-    proxy.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    proxy.add_argument("--listen", default=DEFAULT_PROXY_LISTEN, metavar="HOST:PORT")
     proxy.add_argument("--model", action="append", help="a model for /v1/models (repeatable)")
     proxy.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

@@ -12,7 +12,8 @@ MEMORY_BACKENDS = ("native", "python")
 #: byte that fresh secure memory is filled with, so reads of never-written data show
 GARBAGE_BYTE = 0xDB
 
-#: how deep wipe() follows nested dict/list/tuple values
+#: how deep wipe() follows nested dict/list/tuple values (csrc/pyglue.c repeats
+#: it as a #define of the same name: change both together)
 WIPE_MAX_DEPTH = 200
 
 # ---- protocol 1.0 (../shared/PROTOCOL.md)
@@ -45,6 +46,26 @@ DEFAULT_SERVE_PORT = 12434
 #: seconds to connect to / wait for an upstream model server
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
+#: the largest package body it reads: base64 of the largest plaintext, plus the JSON around it
+SERVE_MAX_BODY_BYTES = (MAX_REQUEST_BYTES + 2) // 3 * 4 + 8192
+#: the longest X-Payload-ID it accepts
+MAX_PAYLOAD_ID_CHARS = 128
+#: the most choices (``n``) the echo model answers with
+ECHO_MAX_CHOICES = 16
+
+# ---- the local OpenAI endpoint (nomyo proxy)
+DEFAULT_PROXY_LISTEN = "127.0.0.1:8080"
+#: the largest request body read (the protocol's plaintext cap)
+PROXY_MAX_BODY_BYTES = MAX_REQUEST_BYTES
+#: the one model listed when none are configured
+PROXY_DEFAULT_MODEL = "nomyo"
+#: the longest router error message passed on, and path echoed in a 404
+PROXY_MAX_MESSAGE_CHARS = 1000
+PROXY_MAX_PATH_CHARS = 200
+
+# ---- the command line
+#: environment variable naming the model of ``nomyo chat``
+MODEL_ENV = "NOMYO_MODEL"
 
 # ---- the client
 DEFAULT_BASE_URL = "https://api.nomyo.ai"
@@ -67,6 +88,10 @@ RETRY_AFTER_CAP = 60.0
 #: httpcore checks every connection of a pool for every waiting request
 #: (encode/httpcore#1035), so a few small pools cost far less than one big one
 POOL_SHARD_REQUESTS = 4
+#: each httpx pool's limits: connections, idle connections kept, seconds an idle one is kept
+POOL_MAX_CONNECTIONS = 100
+POOL_MAX_KEEPALIVE = 20
+POOL_KEEPALIVE_EXPIRY = 30.0
 #: the most nomyo reads of an error body or of the router's public key
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_PUBLIC_KEY_BYTES = 64 * 1024

@@ -28,6 +28,9 @@ from ._constants import (
     MAX_ERROR_BODY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
     MAX_RETRY_DELAY,
+    POOL_KEEPALIVE_EXPIRY,
+    POOL_MAX_CONNECTIONS,
+    POOL_MAX_KEEPALIVE,
     POOL_SHARD_REQUESTS,
     RETRY_AFTER_CAP,
     RETRY_STATUSES,
@@ -123,7 +126,11 @@ def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
 
 
 def _limits() -> httpx.Limits:
-    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+    return httpx.Limits(
+        max_connections=POOL_MAX_CONNECTIONS,
+        max_keepalive_connections=POOL_MAX_KEEPALIVE,
+        keepalive_expiry=POOL_KEEPALIVE_EXPIRY,
+    )
 
 
 def _verify(verify: Verify) -> bool | ssl.SSLContext:
