@@ -544,7 +544,7 @@ class _Core:
         """Seconds to wait before the next attempt, or None to give up."""
         if attempt >= self.max_retries or not should_retry(error):
             return None
-        delay = retry_delay(attempt, getattr(error, "_retry_after", None))
+        delay = retry_delay(attempt, error.retry_after)
         if deadline is not None and time.monotonic() + delay >= deadline:
             return None
         log.info("retrying after %s (%.2f s)", type(error).__name__, delay)

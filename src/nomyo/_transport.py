@@ -109,11 +109,9 @@ def _status_error(response: httpx.Response, body: bytes, payload_id: str | None)
     except (ValueError, RecursionError):  # not JSON, or hostile nesting: no detail
         parsed = None
     retry_after = parse_retry_after(response.headers.get("retry-after"))
-    error = error_for_status(
+    return error_for_status(
         response.status_code, parsed, payload_id=payload_id, retry_after=retry_after
     )
-    error._retry_after = retry_after  # type: ignore[attr-defined]
-    return error
 
 
 def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
