@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.responses import StreamingResponse
 
 import nomyo
-from nomyo import _client, _hybrid, _keys
+from nomyo import _client, _hybrid, _keys, _transport
 from nomyo._constants import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, RETRY_AFTER_CAP
 from tests.faults import (
     FaultRouter,
@@ -300,7 +300,7 @@ def test_connection_failures_are_retried(
         api.router.restart()  # same key, same port
         return 0.0
 
-    monkeypatch.setattr(_client, "retry_delay", bring_the_router_back)
+    monkeypatch.setattr(_transport, "retry_delay", bring_the_router_back)
 
     assert content(api.create(client, "after the outage")) == "after the outage"
     assert attempts == [0]  # one failed attempt that reached no router, then the retry

@@ -65,7 +65,7 @@ from ._constants import (
 )
 from ._envelope import MalformedPackage, decode
 from ._exceptions import APIError, APITimeoutError, InvalidRequestError, SecurityError
-from ._transport import AsyncTransport, SyncTransport, Verify, log, retry_delay, should_retry
+from ._transport import AsyncTransport, Attempts, SyncTransport, Verify, log
 from .memory import caller_stacklevel, wipe
 
 __all__ = ["SecureChatCompletion", "SecureCompletionClient", "SyncSecureChatCompletion"]
@@ -527,28 +527,16 @@ class _Core:
         )
         return answer
 
-    # -- the retry loop's decisions
+    # -- the retry policy's state for one call
 
-    def deadline(self) -> float | None:
-        return None if self.total_timeout is None else time.monotonic() + self.total_timeout
-
-    def attempt_timeout(self, deadline: float | None, payload_id: str) -> httpx.Timeout:
-        if deadline is None:
-            return self.http_timeout
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise APITimeoutError(f"timed out waiting for {self.post_url}", payload_id=payload_id)
-        return httpx.Timeout(remaining)
-
-    def backoff(self, error: APIError, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up."""
-        if attempt >= self.max_retries or not should_retry(error):
-            return None
-        delay = retry_delay(attempt, error.retry_after)
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            return None
-        log.info("retrying after %s (%.2f s)", type(error).__name__, delay)
-        return delay
+    def attempts(self, payload_id: str | None = None) -> Attempts:
+        return Attempts(
+            max_retries=self.max_retries,
+            http_timeout=self.http_timeout,
+            total=self.total_timeout,
+            url=self.post_url,
+            payload_id=payload_id,
+        )
 
 
 # ---------------------------------------------------------------- async
@@ -726,16 +714,16 @@ class SecureCompletionClient:
         """
         core = self._core
         tier = check_tier(security_tier)
-        deadline = core.deadline()
+        attempts = core.attempts(payload_id)
         total = core.total_timeout
         try:
             if total is None:
-                return await self._send(payload, payload_id, api_key, tier, deadline)
+                return await self._send(payload, payload_id, api_key, tier, attempts)
             if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
                 async with _timeout_scope(total):
-                    return await self._send(payload, payload_id, api_key, tier, deadline)
+                    return await self._send(payload, payload_id, api_key, tier, attempts)
             return await asyncio.wait_for(
-                self._send(payload, payload_id, api_key, tier, deadline), total
+                self._send(payload, payload_id, api_key, tier, attempts), total
             )
         except asyncio.TimeoutError as exc:
             raise APITimeoutError(
@@ -748,14 +736,14 @@ class SecureCompletionClient:
         payload_id: str,
         api_key: str | None,
         tier: str | None,
-        deadline: float | None,
+        attempts: Attempts,
     ) -> dict[str, Any]:
         core = self._core
         locked = core.locked(tier)
         pair = await core.keys.aget()
+        deadline = attempts.deadline
         router = await self._router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
-        attempt = 0
         refetched = False
         while True:
             transport, _ = await self._for_this_loop()
@@ -767,7 +755,7 @@ class SecureCompletionClient:
                     content=body,
                     headers=headers,
                     limit=core.max_response_bytes,
-                    timeout=core.attempt_timeout(deadline, payload_id),
+                    timeout=attempts.timeout(),
                     deadline=deadline,
                     payload_id=payload_id,
                 )
@@ -781,10 +769,9 @@ class SecureCompletionClient:
                 router = fresh
                 continue
             except APIError as error:
-                delay = core.backoff(error, attempt, deadline)
+                delay = attempts.backoff(error)
                 if delay is None:
                     raise
-                attempt += 1
                 await asyncio.sleep(delay)
                 continue
             del body  # the sent package, before the answer is opened
@@ -964,11 +951,11 @@ class _SyncEngine:
     ) -> dict[str, Any]:
         core = self._core
         locked = core.locked(tier)
-        deadline = core.deadline()
+        attempts = core.attempts(payload_id)
+        deadline = attempts.deadline
         pair = core.keys.get()
         router = self.router_key(deadline=deadline)
         headers = core.headers(pair, payload_id, api_key, tier)
-        attempt = 0
         refetched = False
         while True:
             body = core.seal(payload, router, locked=locked)
@@ -979,7 +966,7 @@ class _SyncEngine:
                     content=body,
                     headers=headers,
                     limit=core.max_response_bytes,
-                    timeout=core.attempt_timeout(deadline, payload_id),
+                    timeout=attempts.timeout(),
                     deadline=deadline,
                     payload_id=payload_id,
                 )
@@ -993,10 +980,9 @@ class _SyncEngine:
                 router = fresh
                 continue
             except APIError as error:
-                delay = core.backoff(error, attempt, deadline)
+                delay = attempts.backoff(error)
                 if delay is None:
                     raise
-                attempt += 1
                 time.sleep(delay)
                 continue
             del body  # the sent package, before the answer is opened
@@ -1080,7 +1066,7 @@ class SyncSecureChatCompletion:
 
     def fetch_server_public_key(self) -> str:
         """The router's public key (PEM), fetched, pinned and cached."""
-        return self._engine.router_key(force=True, deadline=self._core.deadline()).pem
+        return self._engine.router_key(force=True, deadline=self._core.attempts().deadline).pem
 
     def close(self) -> None:
         """Close the connection pool."""

@@ -5,7 +5,9 @@ it moves sealed packages and the router's public key.
 
 The retry policy is three small functions: :func:`should_retry` (is this
 failure worth another attempt?), :func:`retry_delay` (how long to wait?) and
-:func:`parse_retry_after` (what did the router ask for?).
+:func:`parse_retry_after` (what did the router ask for?), and one call's
+use of them, :class:`Attempts`: its deadline, each attempt's timeout and
+the backoff between attempts.
 """
 
 from __future__ import annotations
@@ -88,6 +90,50 @@ def retry_delay(
         return min(retry_after, RETRY_AFTER_CAP)
     base: float = min(INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 64), MAX_RETRY_DELAY)
     return base * (1.0 - 0.25 * rand())
+
+
+class Attempts:
+    """One call's attempts under the policy above: the deadline of the whole
+    call (``total`` seconds from now, or none), each attempt's timeout, and
+    whether and how long to wait before the next one."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: int,
+        http_timeout: httpx.Timeout,
+        total: float | None,
+        url: str,
+        payload_id: str | None = None,
+    ) -> None:
+        self.max_retries, self.http_timeout = max_retries, http_timeout
+        self.url, self.payload_id = url, payload_id
+        self.deadline = None if total is None else time.monotonic() + total
+        self.made = 0  # retries so far
+
+    def timeout(self) -> httpx.Timeout:
+        """The next attempt's httpx timeout: what is left of the call's time.
+
+        :raises APITimeoutError: no time is left.
+        """
+        if self.deadline is None:
+            return self.http_timeout
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise APITimeoutError(f"timed out waiting for {self.url}", payload_id=self.payload_id)
+        return httpx.Timeout(remaining)
+
+    def backoff(self, error: APIError) -> float | None:
+        """Seconds to wait before retrying after ``error``, or None to give up
+        (not retryable, no retries left, or the wait would pass the deadline)."""
+        if self.made >= self.max_retries or not should_retry(error):
+            return None
+        delay = retry_delay(self.made, error.retry_after)
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            return None
+        log.info("retrying after %s (%.2f s)", type(error).__name__, delay)
+        self.made += 1
+        return delay
 
 
 # ---------------------------------------------------------------- error mapping
