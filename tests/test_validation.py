@@ -387,7 +387,7 @@ def test_bad_max_retries(cls: type, value: Any) -> None:
 
 @pytest.mark.parametrize("value", [0, 5])
 def test_good_max_retries(value: int) -> None:
-    assert SyncSecureChatCompletion(URL, max_retries=value)._core.max_retries == value
+    assert SyncSecureChatCompletion(URL, max_retries=value)._core.config.max_retries == value
 
 
 @pytest.mark.parametrize("value", [0, -5, True, "10", 1.0, None])
@@ -398,7 +398,7 @@ def test_bad_max_response_bytes(cls: type, value: Any) -> None:
 
 
 def test_good_max_response_bytes() -> None:
-    assert SyncSecureChatCompletion(URL, max_response_bytes=1)._core.max_response_bytes == 1
+    assert SyncSecureChatCompletion(URL, max_response_bytes=1)._core.config.max_response_bytes == 1
 
 
 @pytest.mark.parametrize("value", [0, -1, "10", True, -0.5, [10]])
@@ -421,11 +421,11 @@ def test_good_timeout(kind: str, value: Any, wire: Wire) -> None:
 
 
 def test_timeout_sets_the_per_call_budget() -> None:
-    core = SyncSecureChatCompletion(URL, timeout=10)._core
+    core = SyncSecureChatCompletion(URL, timeout=10)._core.config
     assert core.total_timeout == 10.0 and core.http_timeout == httpx.Timeout(10.0)
-    core = SyncSecureChatCompletion(URL, timeout=httpx.Timeout(5))._core
+    core = SyncSecureChatCompletion(URL, timeout=httpx.Timeout(5))._core.config
     assert core.total_timeout is None and core.http_timeout == httpx.Timeout(5)
-    core = SyncSecureChatCompletion(URL, timeout=None)._core
+    core = SyncSecureChatCompletion(URL, timeout=None)._core.config
     assert core.total_timeout is None and core.http_timeout == httpx.Timeout(None)
 
 
@@ -454,7 +454,7 @@ def test_uppercase_fingerprint_is_normalised_and_pins(kind: str, keys: Keys, wir
     fingerprint = _keys.fingerprint(keys.router)
     upper = "SHA256:" + fingerprint.split(":", 1)[1].upper()
     client = make(kind, server_key_fingerprint=upper)
-    core = client._core if kind == "sync" else client.client._core
+    core = (client._core if kind == "sync" else client.client._core).config
     assert core.pin == fingerprint
     sends(kind, client, wire)  # the router's key matches the pin: the request goes out
 
@@ -473,7 +473,7 @@ def test_fingerprint_with_trailing_newline(keys: Keys) -> None:
         client = SyncSecureChatCompletion(URL, server_key_fingerprint=fingerprint + "\n")
     except ValueError:
         return
-    assert client._core.pin == fingerprint
+    assert client._core.config.pin == fingerprint
 
 
 @pytest.mark.parametrize("value", [123, None, b"/etc/ssl/certs/ca.pem", 1.0])
@@ -532,7 +532,7 @@ def test_api_key_from_the_environment(
     assert "Authorization" not in sends(kind, make(kind), wire)["headers"]  # control: none
     monkeypatch.setenv(API_KEY_ENV, "env-key")
     client = make(kind)
-    assert (client._core if kind == "sync" else client.client._core).api_key == "env-key"
+    assert (client._core if kind == "sync" else client.client._core).config.api_key == "env-key"
     assert sends(kind, client, wire)["headers"]["Authorization"] == "Bearer env-key"
     # an explicit api_key wins over the environment
     explicit = make(kind, api_key="explicit-key")

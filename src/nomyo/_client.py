@@ -26,6 +26,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -38,7 +39,7 @@ import uuid
 import warnings
 from collections import OrderedDict
 from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -88,19 +89,25 @@ def _check_base_url(url: str, allow_http: bool) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise ValueError(f"base_url must be an https:// URL, not {url!r}")
-    if parts.scheme == "http":
-        if not allow_http:
-            raise SecurityError(
-                f"refusing plain HTTP to {url}: use https://, or allow_http=True "
-                "for local development only"
-            )
+    if parts.scheme == "http" and not allow_http:
+        raise SecurityError(
+            f"refusing plain HTTP to {url}: use https://, or allow_http=True "
+            "for local development only"
+        )
+    return url.rstrip("/")
+
+
+def _warn_if_plain_http(config: Config) -> Config:
+    """Warn at the caller's line (not in a dataclass's generated __init__,
+    which would hide it) when ``config`` talks plain HTTP."""
+    if config.base_url.startswith("http:"):
         warnings.warn(
-            f"nomyo: plain HTTP to {url} (allow_http=True): the transport is not "
+            f"nomyo: plain HTTP to {config.base_url} (allow_http=True): the transport is not "
             "encrypted, only the payload is; never do this in production",
             UserWarning,
             stacklevel=caller_stacklevel(),
         )
-    return url.rstrip("/")
+    return config
 
 
 def check_tier(tier: object) -> str | None:
@@ -283,101 +290,125 @@ class _RouterKey:
     expires: float
 
 
-class _Core:
-    """Everything but I/O, shared by the async and the sync client."""
+@dataclass(frozen=True, eq=False)
+class Config:
+    """A client's settings, checked once when it is made and never changed
+    (a per-call ``base_url`` is :meth:`with_base_url`: a checked copy).
 
-    def __init__(
-        self,
-        base_url: str | None,
-        allow_http: bool,
-        api_key: str | None,
-        secure_memory: bool,
+    :ivar pin: ``server_key_fingerprint``, lower-cased.
+    :ivar http_timeout: httpx's timeout per operation (from ``timeout``).
+    :ivar total_timeout: seconds for a whole call, or None (from ``timeout``).
+    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
+    :raises ValueError, TypeError: a malformed option, naming it.
+    """
+
+    base_url: str
+    allow_http: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    secure_memory: bool = True
+    pin: str | None = None
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    verify: Verify = True
+    http_timeout: httpx.Timeout = field(init=False, repr=False)
+    total_timeout: float | None = field(init=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: bool = True,
         *,
-        key_dir: str | os.PathLike[str] | None = None,
-        key_password: str | bytes | None = None,
         server_key_fingerprint: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
-        keys: _ClientKeys | None = None,
-        eager_keys: bool = True,
-    ) -> None:
-        self._options: dict[str, Any] = dict(
-            allow_http=allow_http,
-            api_key=api_key,
-            secure_memory=secure_memory,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-        )
+    ) -> Config:
+        """The constructors' options, with the environment's defaults for
+        ``base_url`` (NOMYO_BASE_URL) and ``api_key`` (NOMYO_API_KEY)."""
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        self.base_url = _check_base_url(base_url, allow_http)
-        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV) or None
+        config = cls(
+            base_url,
+            allow_http,
+            api_key,
+            secure_memory,
+            server_key_fingerprint,
+            timeout,
+            max_retries,
+            max_response_bytes,
+            verify,
+        )
+        return _warn_if_plain_http(config)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        put("base_url", _check_base_url(self.base_url, self.allow_http))
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise TypeError("api_key must be a string")
-        self.secure_memory = bool(secure_memory)
-        if server_key_fingerprint is not None:
-            if not isinstance(server_key_fingerprint, str) or not _FINGERPRINT.fullmatch(
-                server_key_fingerprint.lower()
-            ):
+        put("secure_memory", bool(self.secure_memory))
+        pin = self.pin
+        if pin is not None:
+            if not isinstance(pin, str) or not _FINGERPRINT.fullmatch(pin.lower()):
                 raise ValueError("server_key_fingerprint must look like 'sha256:<64 hex digits>'")
-            server_key_fingerprint = server_key_fingerprint.lower()
-        self.pin = server_key_fingerprint
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
-        self.max_retries = max_retries
-        if (
-            isinstance(max_response_bytes, bool)
-            or not isinstance(max_response_bytes, int)
-            or max_response_bytes <= 0
-        ):
-            raise ValueError(
-                f"max_response_bytes must be a positive int, not {max_response_bytes!r}"
-            )
-        self.max_response_bytes = max_response_bytes
-        self.http_timeout, self.total_timeout = _timeout(timeout)
+            put("pin", pin.lower())
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {retries!r}")
+        limit = self.max_response_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"max_response_bytes must be a positive int, not {limit!r}")
+        put("http_timeout", _timeout(self.timeout)[0])
+        put("total_timeout", _timeout(self.timeout)[1])
+        verify = self.verify
         if not isinstance(verify, bool | str | ssl.SSLContext):
             raise TypeError("verify must be True/False, a CA file path or an ssl.SSLContext")
         if isinstance(verify, str):
             try:
-                verify = ssl.create_default_context(cafile=verify)
+                put("verify", ssl.create_default_context(cafile=verify))
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"verify: cannot load the CA file {verify}: {exc}") from exc
-        self.verify: Verify = verify
-        self.keys = (
-            keys if keys is not None else _ClientKeys(key_dir, key_password, eager=eager_keys)
-        )
+
+    def with_base_url(self, base_url: str) -> Config:
+        """The same settings for another router (checked as the first one was)."""
+        return _warn_if_plain_http(dataclasses.replace(self, base_url=base_url))
+
+    @property
+    def key_url(self) -> str:
+        return self.base_url + PUBLIC_KEY_PATH
+
+    @property
+    def post_url(self) -> str:
+        return self.base_url + COMPLETION_PATH
+
+
+class _Core:
+    """Everything but I/O, shared by the async and the sync engine: the
+    settings, the key pair, the router key and its pin, the replay memory."""
+
+    def __init__(self, config: Config, keys: _ClientKeys, *, pid: int | None = None) -> None:
+        self.config = config
+        self.keys = keys
         self.router: _RouterKey | None = None
         self._seen: OrderedDict[bytes, None] = OrderedDict()
         self._seen_lock = threading.Lock()
-        self.key_url = self.base_url + PUBLIC_KEY_PATH
-        self.post_url = self.base_url + COMPLETION_PATH
-        self.pid = os.getpid()
+        self.pid = os.getpid() if pid is None else pid
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.base_url}>"
+        return f"<{type(self).__name__} {self.config.base_url}>"
 
     def with_base_url(self, base_url: str) -> _Core:
         """The same settings and key pair, for another router (a per-call base_url)."""
-        options = self._options
-        core = _Core(
-            base_url,
-            options["allow_http"],
-            options["api_key"],
-            options["secure_memory"],
-            server_key_fingerprint=options["server_key_fingerprint"],
-            timeout=options["timeout"],
-            max_retries=options["max_retries"],
-            max_response_bytes=options["max_response_bytes"],
-            verify=options["verify"],
-            keys=self.keys,
-        )
-        core.pid = self.pid  # the key pair's process, forked or not
-        return core
+        # the key pair's process, forked or not
+        return _Core(self.config.with_base_url(base_url), self.keys, pid=self.pid)
 
     # -- router key
 
@@ -412,13 +443,14 @@ class _Core:
             key = _keys.load_public_key(pem)
         except (ValueError, SecurityError) as exc:
             raise SecurityError(
-                f"the router at {self.base_url} sent an unusable public key"
+                f"the router at {self.config.base_url} sent an unusable public key"
             ) from exc
         fingerprint = _keys.fingerprint(key)
-        if self.pin is not None and fingerprint != self.pin:
+        pin = self.config.pin
+        if pin is not None and fingerprint != pin:
             raise SecurityError(
                 f"the router's key {fingerprint} does not match server_key_fingerprint "
-                f"{self.pin}: nothing is sent to it"
+                f"{pin}: nothing is sent to it"
             )
         router = _RouterKey(key, pem, fingerprint, time.monotonic() + ROUTER_KEY_TTL)
         self.router = router
@@ -443,7 +475,7 @@ class _Core:
             "X-Payload-ID": payload_id,
             "X-Public-Key": pair.header,
         }
-        key = api_key if api_key is not None else self.api_key
+        key = api_key if api_key is not None else self.config.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
         if tier is not None:
@@ -459,7 +491,7 @@ class _Core:
         """
         if tier != "maximum":
             return False
-        if not self.secure_memory:
+        if not self.config.secure_memory:
             raise SecurityError("security_tier='maximum' needs secure_memory=True")
         if memory.BACKEND != "native":
             raise SecurityError(
@@ -472,7 +504,9 @@ class _Core:
         """``payload`` sealed to ``router``; with ``locked``, SecurityError
         rather than a secret in memory that mlock does not hold."""
         self.check_process()
-        return _hybrid.seal_json(payload, router.key, secure=self.secure_memory, locked=locked)
+        return _hybrid.seal_json(
+            payload, router.key, secure=self.config.secure_memory, locked=locked
+        )
 
     def open(
         self, body: bytes | bytearray, pair: KeyPair, payload_id: str, *, locked: bool = False
@@ -497,7 +531,9 @@ class _Core:
         with self._seen_lock:
             if digest in self._seen:
                 raise SecurityError("replayed answer: this package was already received")
-        plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory, locked=locked)
+        plain = _hybrid.open_decoded(
+            package, private_key, secure=self.config.secure_memory, locked=locked
+        )
         del package  # the ciphertext is no longer needed while parsing
         with plain:
             answer = _hybrid.parse(plain, consume=True)
@@ -531,10 +567,10 @@ class _Core:
 
     def attempts(self, payload_id: str | None = None) -> Attempts:
         return Attempts(
-            max_retries=self.max_retries,
-            http_timeout=self.http_timeout,
-            total=self.total_timeout,
-            url=self.post_url,
+            max_retries=self.config.max_retries,
+            http_timeout=self.config.http_timeout,
+            total=self.config.total_timeout,
+            url=self.config.post_url,
             payload_id=payload_id,
         )
 
@@ -572,31 +608,31 @@ class SecureCompletionClient:
         _core: _Core | None = None,
         _eager_keys: bool = False,
     ) -> None:
-        self._core = _core or _Core(
-            router_url,
-            allow_http,
-            api_key,
-            secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            eager_keys=_eager_keys,
-        )
+        if _core is None:
+            config = Config.of(
+                router_url,
+                allow_http,
+                api_key,
+                secure_memory,
+                server_key_fingerprint=server_key_fingerprint,
+                timeout=timeout,
+                max_retries=max_retries,
+                max_response_bytes=max_response_bytes,
+                verify=verify,
+            )
+            _core = _Core(config, _ClientKeys(key_dir, key_password, eager=_eager_keys))
+        self._core = _core
         self._loop: asyncio.AbstractEventLoop | None = None
         self._transport: AsyncTransport | None = None
         self._fetch_lock: asyncio.Lock | None = None
         self._keeper: Any = None
 
     def __repr__(self) -> str:
-        return f"<SecureCompletionClient {self._core.base_url}>"
+        return f"<SecureCompletionClient {self._core.config.base_url}>"
 
     @property
     def router_url(self) -> str:
-        return self._core.base_url
+        return self._core.config.base_url
 
     # -- the published client's key methods
 
@@ -648,7 +684,9 @@ class SecureCompletionClient:
         loop = asyncio.get_running_loop()
         if self._loop is loop and self._transport is not None and self._fetch_lock is not None:
             return self._transport, self._fetch_lock
-        transport = AsyncTransport(verify=self._core.verify, timeout=self._core.http_timeout)
+        transport = AsyncTransport(
+            verify=self._core.config.verify, timeout=self._core.config.http_timeout
+        )
         keeper = _close_with_the_loop(transport)
         await keeper.__anext__()
         self._loop, self._transport, self._keeper = loop, transport, keeper
@@ -666,7 +704,7 @@ class SecureCompletionClient:
         async with lock:  # concurrent first requests share one fetch
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            pem = await transport.get_text(core.key_url, deadline=deadline)
+            pem = await transport.get_text(core.config.key_url, deadline=deadline)
             return core.accept_router_key(pem)
 
     async def fetch_server_public_key(self) -> str:
@@ -675,13 +713,15 @@ class SecureCompletionClient:
         :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
         :raises nomyo.APIError: the router did not answer with a key (in time).
         """
-        total = self._core.total_timeout
+        total = self._core.config.total_timeout
         if total is None:
             return (await self._router_key(force=True)).pem
         try:  # the timeout holds for the whole fetch, as for create()
             return (await asyncio.wait_for(self._router_key(force=True), total)).pem
         except asyncio.TimeoutError as exc:
-            raise APITimeoutError(f"no answer from {self._core.key_url} within {total} s") from exc
+            raise APITimeoutError(
+                f"no answer from {self._core.config.key_url} within {total} s"
+            ) from exc
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """``payload`` sealed to the router's key: the package bytes to POST."""
@@ -715,7 +755,7 @@ class SecureCompletionClient:
         core = self._core
         tier = check_tier(security_tier)
         attempts = core.attempts(payload_id)
-        total = core.total_timeout
+        total = core.config.total_timeout
         try:
             if total is None:
                 return await self._send(payload, payload_id, api_key, tier, attempts)
@@ -727,7 +767,7 @@ class SecureCompletionClient:
             )
         except asyncio.TimeoutError as exc:
             raise APITimeoutError(
-                f"no answer from {core.post_url} within {total} s", payload_id=payload_id
+                f"no answer from {core.config.post_url} within {total} s", payload_id=payload_id
             ) from exc
 
     async def _send(
@@ -751,10 +791,10 @@ class SecureCompletionClient:
             try:
                 answer = await transport.request(
                     "POST",
-                    core.post_url,
+                    core.config.post_url,
                     content=body,
                     headers=headers,
-                    limit=core.max_response_bytes,
+                    limit=core.config.max_response_bytes,
                     timeout=attempts.timeout(),
                     deadline=deadline,
                     payload_id=payload_id,
@@ -930,7 +970,7 @@ class _SyncEngine:
             with self._lock:
                 if self._transport is None:
                     self._transport = SyncTransport(
-                        verify=self._core.verify, timeout=self._core.http_timeout
+                        verify=self._core.config.verify, timeout=self._core.config.http_timeout
                     )
                 transport = self._transport
         return transport
@@ -943,7 +983,7 @@ class _SyncEngine:
         with self._fetch_lock:
             if not force and (cached := core.cached_router_key()) is not None:
                 return cached
-            pem = self._http().get_text(core.key_url, deadline=deadline)
+            pem = self._http().get_text(core.config.key_url, deadline=deadline)
             return core.accept_router_key(pem)
 
     def send(
@@ -962,10 +1002,10 @@ class _SyncEngine:
             try:
                 answer = self._http().request(
                     "POST",
-                    core.post_url,
+                    core.config.post_url,
                     content=body,
                     headers=headers,
-                    limit=core.max_response_bytes,
+                    limit=core.config.max_response_bytes,
                     timeout=attempts.timeout(),
                     deadline=deadline,
                     payload_id=payload_id,
@@ -1028,28 +1068,27 @@ class SyncSecureChatCompletion:
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
     ) -> None:
-        self._core = _Core(
+        config = Config.of(
             base_url,
             allow_http,
             api_key,
             secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
             server_key_fingerprint=server_key_fingerprint,
             timeout=timeout,
             max_retries=max_retries,
             max_response_bytes=max_response_bytes,
             verify=verify,
         )
+        self._core = _Core(config, _ClientKeys(key_dir, key_password))
         self._engine = _SyncEngine(self._core)
         self.chat = _SyncChat(self)
 
     def __repr__(self) -> str:
-        return f"<SyncSecureChatCompletion {self._core.base_url}>"
+        return f"<SyncSecureChatCompletion {self._core.config.base_url}>"
 
     @property
     def base_url(self) -> str:
-        return self._core.base_url
+        return self._core.config.base_url
 
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """As :meth:`SecureChatCompletion.create`, blocking."""
