@@ -64,7 +64,6 @@ from ._constants import (
     ROUTER_KEY_TTL,
     SECURITY_TIERS,
 )
-from ._envelope import MalformedPackage, decode
 from ._exceptions import APIError, APITimeoutError, InvalidRequestError, SecurityError
 from ._transport import AsyncTransport, Attempts, SyncTransport, Verify, log
 from .memory import caller_stacklevel, wipe
@@ -290,6 +289,59 @@ class _RouterKey:
     expires: float
 
 
+class _Replays:
+    """The wrapped keys (SHA-256) of the last REPLAY_MEMORY answers opened:
+    an answer that carries one of them again is a replay (a
+    :class:`_hybrid.ReplayCheck`)."""
+
+    def __init__(self) -> None:
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, wrapped_key: bytes) -> None:
+        digest = hashlib.sha256(wrapped_key).digest()
+        with self._lock:
+            if digest in self._seen:
+                raise SecurityError("replayed answer: this package was already received")
+
+    def record(self, wrapped_key: bytes) -> None:
+        digest = hashlib.sha256(wrapped_key).digest()
+        with self._lock:
+            if digest in self._seen:
+                raise SecurityError("replayed answer: this package was already received")
+            self._seen[digest] = None
+            while len(self._seen) > REPLAY_MEMORY:
+                self._seen.popitem(last=False)
+
+
+def _bind(answer: Any, payload_id: str, processed_at: int | None) -> dict[str, Any]:
+    """An opened answer, checked to be this request's chat.completion, with
+    ``_metadata`` filled in; anything else is wiped and refused.
+
+    :raises SecurityError: not a JSON object, a malformed ``_metadata``, or
+        another request's ``payload_id``.
+    """
+    if not isinstance(answer, dict):
+        wipe(answer)
+        raise SecurityError("the decrypted answer is not a JSON object")
+    metadata = answer.get("_metadata")
+    if metadata is None:
+        metadata = answer["_metadata"] = {}
+    if not isinstance(metadata, dict):
+        wipe(answer)
+        raise SecurityError("the decrypted answer has a malformed _metadata")
+    if "payload_id" in metadata and metadata["payload_id"] != payload_id:
+        wipe(answer)
+        raise SecurityError("the answer belongs to another request (payload_id differs)")
+    metadata.update(
+        payload_id=payload_id,
+        processed_at=processed_at,
+        is_encrypted=True,
+        encryption_algorithm=PACKAGE_ALGORITHM,
+    )
+    return answer
+
+
 @dataclass(frozen=True, eq=False)
 class Config:
     """A client's settings, checked once when it is made and never changed
@@ -398,8 +450,7 @@ class _Core:
         self.config = config
         self.keys = keys
         self.router: _RouterKey | None = None
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._seen_lock = threading.Lock()
+        self.replays = _Replays()
         self.pid = os.getpid() if pid is None else pid
 
     def __repr__(self) -> str:
@@ -511,57 +562,16 @@ class _Core:
     def open(
         self, body: bytes | bytearray, pair: KeyPair, payload_id: str, *, locked: bool = False
     ) -> dict[str, Any]:
-        """The answer to request ``payload_id``, authenticated and bound to it.
-
-        A bytearray ``body`` is consumed: emptied as soon as it is decoded, so a
-        multi-megabyte answer does not stay in memory three times over.
+        """The answer to request ``payload_id``, opened and bound to it (a
+        bytearray ``body`` is consumed, see :func:`_hybrid.open_answer`).
 
         :raises SecurityError: fails authentication (no detail which check),
             was already seen (a replay), or answers another request.
         """
-        self.check_process()
-        private_key = pair.private_key
-        try:
-            # a bytearray body (ours, from the transport) is freed once parsed
-            package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key), consume=True)
-        except MalformedPackage as exc:
-            raise SecurityError(_hybrid.OPEN_FAILED) from exc
-        processed_at = package.processed_at
-        digest = hashlib.sha256(bytes(package.wrapped_key)).digest()
-        with self._seen_lock:
-            if digest in self._seen:
-                raise SecurityError("replayed answer: this package was already received")
-        plain = _hybrid.open_decoded(
-            package, private_key, secure=self.config.secure_memory, locked=locked
+        answer, processed_at = _hybrid.open_answer(
+            body, pair.private_key, self.replays, secure=self.config.secure_memory, locked=locked
         )
-        del package  # the ciphertext is no longer needed while parsing
-        with plain:
-            answer = _hybrid.parse(plain, consume=True)
-        with self._seen_lock:
-            if digest in self._seen:  # the same package raced in twice
-                raise SecurityError("replayed answer: this package was already received")
-            self._seen[digest] = None
-            while len(self._seen) > REPLAY_MEMORY:
-                self._seen.popitem(last=False)
-        if not isinstance(answer, dict):
-            wipe(answer)
-            raise SecurityError("the decrypted answer is not a JSON object")
-        metadata = answer.get("_metadata")
-        if metadata is None:
-            metadata = answer["_metadata"] = {}
-        if not isinstance(metadata, dict):
-            wipe(answer)
-            raise SecurityError("the decrypted answer has a malformed _metadata")
-        if "payload_id" in metadata and metadata["payload_id"] != payload_id:
-            wipe(answer)
-            raise SecurityError("the answer belongs to another request (payload_id differs)")
-        metadata.update(
-            payload_id=payload_id,
-            processed_at=processed_at,
-            is_encrypted=True,
-            encryption_algorithm=PACKAGE_ALGORITHM,
-        )
-        return answer
+        return _bind(answer, payload_id, processed_at)
 
     # -- the retry policy's state for one call
 
