@@ -30,7 +30,7 @@ from nomyo import (
     _hybrid,
     _keys,
 )
-from nomyo._client import _SyncEngine
+from nomyo._client import _AsyncEngine, _SyncEngine
 from nomyo._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -98,15 +98,15 @@ def wire(monkeypatch: pytest.MonkeyPatch, keys: Keys) -> Wire:
     monkeypatch.setattr(_keys, "generate_private_key", lambda bits=2048: keys.client)
 
     def router_key(self: Any, *, force: bool = False, deadline: float | None = None) -> Any:
-        return self._core.accept_router_key(keys.router_pem)
+        return self.core.accept_router_key(keys.router_pem)
 
     async def async_router_key(
         self: Any, *, force: bool = False, deadline: float | None = None
     ) -> Any:
-        return self._core.accept_router_key(keys.router_pem)
+        return self.core.accept_router_key(keys.router_pem)
 
     monkeypatch.setattr(_SyncEngine, "router_key", router_key)
-    monkeypatch.setattr(SecureCompletionClient, "_router_key", async_router_key)
+    monkeypatch.setattr(_AsyncEngine, "router_key", async_router_key)
 
     recorded = Wire(router_key=keys.router)
 

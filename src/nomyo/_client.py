@@ -1,24 +1,32 @@
 """The clients: SecureChatCompletion (async), SyncSecureChatCompletion and the
-lower-level SecureCompletionClient.  They own request validation, the client
-key pair, the router key cache and pin, sealing and opening, answer binding
-and replay detection, and the retry loop; HTTP itself is ``_transport``'s.
+lower-level SecureCompletionClient, thin shims over two engines that mirror
+each other (:class:`_AsyncEngine`, :class:`_SyncEngine`: the same methods and
+steps, only the I/O differs) and one shared :class:`_Core` (settings as one
+frozen :class:`Config`, the key pair, the router key and its pin, the replay
+memory).  Owns request validation and the order of the steps; never does
+HTTP (``_transport``) or cryptography (``_hybrid``) itself.
 
-One request::
+One request, file:function per hop (the sync twin: the same, blocking)::
 
-    create(model, messages, **kw)
-      | validate model, messages, tier, stream            (nothing sent yet)
-      | router key: cached ROUTER_KEY_TTL, one shared fetch, pin checked
+    _client:SecureChatCompletion.create      model, messages, tier, stream checked
+      | _client:_request                     (call_options, build_payload): nothing sent yet
+    _client:_AsyncEngine.send                another base_url: a short-lived engine, same key pair
+      | _client:_Core.call                   check_process (once), tier, deadline (_transport:Attempts)
+    _client:_AsyncEngine._send               key pair; router key: cached ROUTER_KEY_TTL,
+      |                                      one shared fetch, pin checked (_Core.accept_router_key)
       v
-    attempt: seal afresh (new AES key, nonce) -> POST -> answer, read capped
-      ^  429/5xx/no connection: sleep Retry-After, or backoff with jitter,
-      |  while retries and time remain
-      ^  400, once: fetch the router key again (it may have rotated)
+    serialize -> seal    _client:_Call.post -> _hybrid:seal_json   (afresh: new AES key, nonce)
+    send -> receive      _transport:AsyncTransport.request          (read capped, statuses mapped)
+      ^  429/5xx/no connection: _Call.retry -> _transport:Attempts.backoff
+      |  (Retry-After, or backoff with jitter, while retries and time remain)
+      ^  400, once: _Call.rekey after fetching the router key again (it may have rotated)
       v
-    open: fails authentication -> one opaque SecurityError
-          wrapped key seen before (a replay) -> SecurityError
-          _metadata.payload_id is another request's -> SecurityError
-      v
-    the chat.completion dict, _metadata filled in
+    open                 _client:_Call.open -> _Core.open -> _hybrid:open_answer
+                         (decode, replay check (_Replays), authenticate, parse: every
+                         failure to authenticate is one opaque SecurityError)
+    bind                 _client:_bind   a JSON object, not another request's payload_id,
+                                         _metadata filled in
+    return               the chat.completion dict
 """
 
 from __future__ import annotations
@@ -38,11 +46,11 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -77,6 +85,7 @@ _timeout_scope: Callable[[float], contextlib.AbstractAsyncContextManager[None]] 
 )
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------- validation
@@ -554,7 +563,6 @@ class _Core:
     def seal(self, payload: Any, router: _RouterKey, *, locked: bool = False) -> bytes:
         """``payload`` sealed to ``router``; with ``locked``, SecurityError
         rather than a secret in memory that mlock does not hold."""
-        self.check_process()
         return _hybrid.seal_json(
             payload, router.key, secure=self.config.secure_memory, locked=locked
         )
@@ -573,9 +581,10 @@ class _Core:
         )
         return _bind(answer, payload_id, processed_at)
 
-    # -- the retry policy's state for one call
+    # -- one call
 
     def attempts(self, payload_id: str | None = None) -> Attempts:
+        """A call's retry state under the policy (``_transport``): its deadline starts now."""
         return Attempts(
             max_retries=self.config.max_retries,
             http_timeout=self.config.http_timeout,
@@ -584,12 +593,310 @@ class _Core:
             payload_id=payload_id,
         )
 
+    def call(
+        self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
+    ) -> _Call:
+        """A request about to be made: the process checked (once per
+        request), the tier's memory demands checked, the deadline started.
 
-# ---------------------------------------------------------------- async
+        :raises nomyo.SecurityError: a forked child, or a tier that cannot be kept.
+        """
+        self.check_process()
+        return _Call(self, payload, payload_id, api_key, tier)
+
+
+class _Call:
+    """One request through its attempts; the engines do the I/O it asks for.
+
+    :meth:`post` is serialize -> seal (afresh each attempt: a new AES key and
+    nonce); :meth:`retry` and :meth:`rekey` decide after a failed attempt;
+    :meth:`open` is open -> bind.
+    """
+
+    def __init__(
+        self,
+        core: _Core,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+    ) -> None:
+        self.core, self.payload, self.payload_id = core, payload, payload_id
+        self.api_key, self.tier = api_key, tier
+        self.locked = core.locked(tier)
+        self.attempts = core.attempts(payload_id)
+        self.deadline = self.attempts.deadline
+        self.pair: KeyPair | None = None
+        self.router: _RouterKey | None = None
+        self.headers: dict[str, str] = {}
+        self.refetched = False
+
+    def begin(self, pair: KeyPair, router: _RouterKey) -> None:
+        self.pair, self.router = pair, router
+        self.headers = self.core.headers(pair, self.payload_id, self.api_key, self.tier)
+
+    def post(self) -> dict[str, Any]:
+        """The next attempt's arguments for ``Transport.request``: the payload
+        serialized and sealed to the router key."""
+        assert self.router is not None, "begin() first"
+        config = self.core.config
+        return {
+            "method": "POST",
+            "url": config.post_url,
+            "content": self.core.seal(self.payload, self.router, locked=self.locked),
+            "headers": self.headers,
+            "limit": config.max_response_bytes,
+            "timeout": self.attempts.timeout(),
+            "deadline": self.deadline,
+            "payload_id": self.payload_id,
+        }
+
+    def retry(self, error: APIError) -> float | None:
+        """After a failed attempt: the seconds to wait before the next, or
+        None to fetch the router key again first (a 400, once: the key may
+        have rotated).
+
+        :raises APIError: ``error``, when it is final.
+        """
+        if isinstance(error, InvalidRequestError):
+            if self.refetched:
+                raise error
+            self.refetched = True
+            return None
+        delay = self.attempts.backoff(error)
+        if delay is None:
+            raise error
+        return delay
+
+    def rekey(self, error: APIError, fresh: _RouterKey) -> None:
+        """Send again to ``fresh`` only if the router's key really changed.
+
+        :raises APIError: ``error``, when it did not.
+        """
+        assert self.router is not None, "begin() first"
+        if not self.core.rotated(self.router, fresh):
+            raise error
+        self.router = fresh
+
+    def open(self, answer: bytearray) -> dict[str, Any]:
+        """open -> bind: the answer (consumed) as this request's chat.completion."""
+        assert self.pair is not None, "begin() first"
+        return self.core.open(answer, self.pair, self.payload_id, locked=self.locked)
+
+
+def _differs(base_url: str | None, core: _Core) -> bool:
+    """A per-call base_url that is not the client's own router."""
+    return base_url is not None and base_url.rstrip("/") != core.config.base_url
+
+
+# ---------------------------------------------------------------- the engines
+
+
+class _AsyncEngine:
+    """The protocol engine with non-blocking I/O; :class:`_SyncEngine` is its
+    twin: the same methods and steps, blocking."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: AsyncTransport | None = None
+        self._fetch_lock: asyncio.Lock | None = None
+        self._keeper: Any = None
+
+    async def _http(self) -> AsyncTransport:
+        """The pool of the running event loop (its fetch lock made with it).
+
+        An httpx.AsyncClient belongs to one event loop, and code written for
+        the published client calls ``asyncio.run`` once per request.  So each
+        loop gets its own pool, closed while that loop still runs: a started
+        async generator is finalized by ``loop.shutdown_asyncgens()``, which
+        ``asyncio.run`` calls before closing the loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._transport is not None:
+            return self._transport
+        config = self.core.config
+        transport = AsyncTransport(verify=config.verify, timeout=config.http_timeout)
+        keeper = _close_with_the_loop(transport)
+        await keeper.__anext__()
+        self._loop, self._transport, self._keeper = loop, transport, keeper
+        self._fetch_lock = asyncio.Lock()
+        return transport
+
+    async def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
+        """The router's key: cached, or fetched once for concurrent callers."""
+        core = self.core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        transport = await self._http()
+        assert self._fetch_lock is not None, "made with the pool"
+        async with self._fetch_lock:
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            pem = await transport.get_text(core.config.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
+
+    async def fetch_key(self) -> _RouterKey:
+        """The router's key fetched now (and cached), within the call timeout."""
+        self.core.check_process()
+        return await self._bounded(self.router_key(force=True), self.core.config.key_url)
+
+    async def send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
+        """One request, with retries, within the call timeout; another
+        ``base_url`` goes through a short-lived engine with the same settings
+        and key pair."""
+        if _differs(base_url, self.core):
+            assert base_url is not None
+            other = _AsyncEngine(self.core.with_base_url(base_url))
+            try:
+                return await other.send(payload, payload_id, api_key, tier)
+            finally:
+                await other.close()
+        call = self.core.call(payload, payload_id, api_key, tier)
+        return await self._bounded(self._send(call), call.attempts.url, payload_id)
+
+    async def _send(self, call: _Call) -> dict[str, Any]:
+        call.begin(await self.core.keys.aget(), await self.router_key(deadline=call.deadline))
+        while True:
+            transport = await self._http()
+            try:  # serialize -> seal -> send -> receive
+                answer = await transport.request(**call.post())
+            except APIError as error:
+                delay = call.retry(error)  # or raise it: it is final
+                if delay is None:
+                    call.rekey(error, await self.router_key(force=True, deadline=call.deadline))
+                else:
+                    await asyncio.sleep(delay)
+                continue
+            return call.open(answer)  # open -> bind -> return
+
+    async def _bounded(
+        self, work: Coroutine[Any, Any, _T], url: str, payload_id: str | None = None
+    ) -> _T:
+        """``work`` within the whole-call timeout (the sync twin has it per
+        socket operation, in the transport)."""
+        total = self.core.config.total_timeout
+        try:
+            if total is None:
+                return await work
+            if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
+                async with _timeout_scope(total):
+                    return await work
+            return await asyncio.wait_for(work, total)
+        except asyncio.TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from {url} within {total} s", payload_id=payload_id
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        keeper, self._keeper = self._keeper, None
+        self._transport = self._loop = self._fetch_lock = None
+        if keeper is not None:
+            await keeper.aclose()  # its finally closes the pool
+
+
+async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # a loop already gone: nothing to close
+            await transport.aclose()
+
+
+class _SyncEngine:
+    """:class:`_AsyncEngine` with blocking I/O (threads welcome); a call's
+    deadline bounds each socket operation (see ``_transport``)."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self._transport: SyncTransport | None = None
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+
+    def _http(self) -> SyncTransport:
+        """The pool, made at first use."""
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                if self._transport is None:
+                    config = self.core.config
+                    self._transport = SyncTransport(
+                        verify=config.verify, timeout=config.http_timeout
+                    )
+                transport = self._transport
+        return transport
+
+    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
+        """As :meth:`_AsyncEngine.router_key`."""
+        core = self.core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        transport = self._http()
+        with self._fetch_lock:
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            pem = transport.get_text(core.config.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
+
+    def fetch_key(self) -> _RouterKey:
+        """As :meth:`_AsyncEngine.fetch_key`."""
+        self.core.check_process()
+        return self.router_key(force=True, deadline=self.core.attempts().deadline)
+
+    def send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
+        """As :meth:`_AsyncEngine.send`."""
+        if _differs(base_url, self.core):
+            assert base_url is not None
+            other = _SyncEngine(self.core.with_base_url(base_url))
+            try:
+                return other.send(payload, payload_id, api_key, tier)
+            finally:
+                other.close()
+        return self._send(self.core.call(payload, payload_id, api_key, tier))
+
+    def _send(self, call: _Call) -> dict[str, Any]:
+        call.begin(self.core.keys.get(), self.router_key(deadline=call.deadline))
+        while True:
+            transport = self._http()
+            try:  # serialize -> seal -> send -> receive
+                answer = transport.request(**call.post())
+            except APIError as error:
+                delay = call.retry(error)  # or raise it: it is final
+                if delay is None:
+                    call.rekey(error, self.router_key(force=True, deadline=call.deadline))
+                else:
+                    time.sleep(delay)
+                continue
+            return call.open(answer)  # open -> bind -> return
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        with self._lock:
+            transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+# ---------------------------------------------------------------- the published API
 
 
 class SecureCompletionClient:
-    """The protocol engine (async): keys, router key, seal, send, open.
+    """The published lower-level client (async): keys, router key, seal, send, open.
 
     The positional parameters are the published client's; the keyword-only
     ones are :class:`SecureChatCompletion`'s.  The key pair is made when first
@@ -615,10 +922,9 @@ class SecureCompletionClient:
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
-        _core: _Core | None = None,
-        _eager_keys: bool = False,
+        _engine: _AsyncEngine | None = None,
     ) -> None:
-        if _core is None:
+        if _engine is None:
             config = Config.of(
                 router_url,
                 allow_http,
@@ -630,21 +936,17 @@ class SecureCompletionClient:
                 max_response_bytes=max_response_bytes,
                 verify=verify,
             )
-            _core = _Core(config, _ClientKeys(key_dir, key_password, eager=_eager_keys))
-        self._core = _core
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport: AsyncTransport | None = None
-        self._fetch_lock: asyncio.Lock | None = None
-        self._keeper: Any = None
+            keys = _ClientKeys(key_dir, key_password, eager=False)
+            _engine = _AsyncEngine(_Core(config, keys))
+        self._engine = _engine
+        self._core = _engine.core
 
     def __repr__(self) -> str:
-        return f"<SecureCompletionClient {self._core.config.base_url}>"
+        return f"<SecureCompletionClient {self.router_url}>"
 
     @property
     def router_url(self) -> str:
         return self._core.config.base_url
-
-    # -- the published client's key methods
 
     def generate_keys(
         self,
@@ -680,68 +982,25 @@ class SecureCompletionClient:
             raise ValueError(f"cannot load the client key {public}: no such file")
         self._core.keys.set(_load_pair(Path(private_key_path), public, password))
 
-    # -- I/O
-
-    async def _for_this_loop(self) -> tuple[AsyncTransport, asyncio.Lock]:
-        """The pool and fetch lock of the running event loop.
-
-        An httpx.AsyncClient belongs to one event loop, and code written for
-        the published client calls ``asyncio.run`` once per request.  So each
-        loop gets its own pool, closed while that loop still runs: a started
-        async generator is finalized by ``loop.shutdown_asyncgens()``, which
-        ``asyncio.run`` calls before closing the loop.
-        """
-        loop = asyncio.get_running_loop()
-        if self._loop is loop and self._transport is not None and self._fetch_lock is not None:
-            return self._transport, self._fetch_lock
-        transport = AsyncTransport(
-            verify=self._core.config.verify, timeout=self._core.config.http_timeout
-        )
-        keeper = _close_with_the_loop(transport)
-        await keeper.__anext__()
-        self._loop, self._transport, self._keeper = loop, transport, keeper
-        self._fetch_lock = asyncio.Lock()
-        return transport, self._fetch_lock
-
-    async def _router_key(
-        self, *, force: bool = False, deadline: float | None = None
-    ) -> _RouterKey:
-        core = self._core
-        core.check_process()  # before any connection is used
-        if not force and (cached := core.cached_router_key()) is not None:
-            return cached
-        transport, lock = await self._for_this_loop()
-        async with lock:  # concurrent first requests share one fetch
-            if not force and (cached := core.cached_router_key()) is not None:
-                return cached
-            pem = await transport.get_text(core.config.key_url, deadline=deadline)
-            return core.accept_router_key(pem)
-
     async def fetch_server_public_key(self) -> str:
         """Fetch the router's public key (PEM), check it against the pin and cache it.
 
         :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
         :raises nomyo.APIError: the router did not answer with a key (in time).
         """
-        total = self._core.config.total_timeout
-        if total is None:
-            return (await self._router_key(force=True)).pem
-        try:  # the timeout holds for the whole fetch, as for create()
-            return (await asyncio.wait_for(self._router_key(force=True), total)).pem
-        except asyncio.TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from {self._core.config.key_url} within {total} s"
-            ) from exc
+        return (await self._engine.fetch_key()).pem
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """``payload`` sealed to the router's key: the package bytes to POST."""
-        return self._core.seal(payload, await self._router_key())
+        self._core.check_process()
+        return self._core.seal(payload, await self._engine.router_key())
 
     async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
         """Open an answer package and bind it to ``payload_id``.
 
         :raises nomyo.SecurityError: see :meth:`send_secure_request`.
         """
+        self._core.check_process()
         pair = await self._core.keys.aget()
         return self._core.open(bytes(encrypted_response), pair, payload_id)
 
@@ -762,306 +1021,18 @@ class SecureCompletionClient:
             replay, or answers another request; or the router key fails the pin.
         :raises nomyo.APIError: the router refused, or could not be reached.
         """
-        core = self._core
         tier = check_tier(security_tier)
-        attempts = core.attempts(payload_id)
-        total = core.config.total_timeout
-        try:
-            if total is None:
-                return await self._send(payload, payload_id, api_key, tier, attempts)
-            if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
-                async with _timeout_scope(total):
-                    return await self._send(payload, payload_id, api_key, tier, attempts)
-            return await asyncio.wait_for(
-                self._send(payload, payload_id, api_key, tier, attempts), total
-            )
-        except asyncio.TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from {core.config.post_url} within {total} s", payload_id=payload_id
-            ) from exc
-
-    async def _send(
-        self,
-        payload: dict[str, Any],
-        payload_id: str,
-        api_key: str | None,
-        tier: str | None,
-        attempts: Attempts,
-    ) -> dict[str, Any]:
-        core = self._core
-        locked = core.locked(tier)
-        pair = await core.keys.aget()
-        deadline = attempts.deadline
-        router = await self._router_key(deadline=deadline)
-        headers = core.headers(pair, payload_id, api_key, tier)
-        refetched = False
-        while True:
-            transport, _ = await self._for_this_loop()
-            body = core.seal(payload, router, locked=locked)
-            try:
-                answer = await transport.request(
-                    "POST",
-                    core.config.post_url,
-                    content=body,
-                    headers=headers,
-                    limit=core.config.max_response_bytes,
-                    timeout=attempts.timeout(),
-                    deadline=deadline,
-                    payload_id=payload_id,
-                )
-            except InvalidRequestError:
-                if refetched:
-                    raise
-                refetched = True
-                fresh = await self._router_key(force=True, deadline=deadline)
-                if not core.rotated(router, fresh):
-                    raise
-                router = fresh
-                continue
-            except APIError as error:
-                delay = attempts.backoff(error)
-                if delay is None:
-                    raise
-                await asyncio.sleep(delay)
-                continue
-            del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id, locked=locked)
+        return await self._engine.send(payload, payload_id, api_key, tier)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        keeper, self._keeper = self._keeper, None
-        self._transport = self._loop = self._fetch_lock = None
-        if keeper is not None:
-            await keeper.aclose()  # its finally closes the pool
+        await self._engine.close()
 
 
-async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        with contextlib.suppress(RuntimeError):  # a loop already gone: nothing to close
-            await transport.aclose()
-
-
-class _AsyncCompletions:
-    def __init__(self, client: SecureChatCompletion) -> None:
-        self._client = client
-
-    async def create(
-        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
-    ) -> dict[str, Any]:
-        """As :meth:`SecureChatCompletion.create`."""
-        return await self._client.create(model, messages, **kwargs)
-
-
-class _AsyncChat:
-    def __init__(self, client: SecureChatCompletion) -> None:
-        self.completions = _AsyncCompletions(client)
-
-
-class SecureChatCompletion:
-    """End-to-end encrypted chat completions, OpenAI-shaped (async).
-
-    :param base_url: the router (``NOMYO_BASE_URL``, else https://api.nomyo.ai).
-    :param allow_http: allow ``http://`` — local development only.
-    :param api_key: bearer key (``NOMYO_API_KEY`` when None).
-    :param secure_memory: keep plaintexts and keys in locked, guarded memory.
-    :param key_dir: load the client key pair from here, or create it here once.
-    :param key_password: the password of the private key file in ``key_dir``.
-    :param server_key_fingerprint: ``"sha256:<hex>"``; any other router key is refused.
-    :param timeout: seconds for a whole call (retries included), or an ``httpx.Timeout``.
-    :param max_retries: extra attempts after 429/5xx/connection failures.
-    :param max_response_bytes: the largest answer read.
-    :param verify: True, a CA file path or an ``ssl.SSLContext``.
-    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
-    :raises ValueError: a malformed option, or a key file that cannot be loaded.
-    """
-
-    def __init__(
-        self,
-        base_url: str | None = None,
-        allow_http: bool = False,
-        api_key: str | None = None,
-        secure_memory: bool = True,
-        *,
-        key_dir: str | os.PathLike[str] | None = None,
-        key_password: str | bytes | None = None,
-        server_key_fingerprint: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        verify: Verify = True,
-    ) -> None:
-        self.client = SecureCompletionClient(
-            base_url,
-            allow_http,
-            api_key=api_key,
-            secure_memory=secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            _eager_keys=True,  # start making the key pair now, not at the first request
-        )
-        self.chat = _AsyncChat(self)
-
-    def __repr__(self) -> str:
-        return f"<SecureChatCompletion {self.client.router_url}>"
-
-    @property
-    def base_url(self) -> str:
-        return self.client.router_url
-
-    async def create(
-        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
-    ) -> dict[str, Any]:
-        """Send an encrypted chat completion and return the answer.
-
-        ``kwargs`` go into the encrypted request (temperature, max_tokens,
-        tools, ...), except ``security_tier`` (sent as X-Security-Tier) and
-        ``api_key`` (this call's bearer key).
-
-        :returns: the chat.completion dict, with ``_metadata`` (payload_id,
-            processed_at, is_encrypted, encryption_algorithm, and what the
-            router put there).
-        :raises ValueError: a bad model, messages, tier or ``stream=True``,
-            before anything is sent.
-        :raises nomyo.SecurityError: see :meth:`SecureCompletionClient.send_secure_request`.
-        :raises nomyo.APIError: the router refused, or could not be reached.
-        """
-        tier, api_key, base_url = call_options(kwargs)
-        payload = build_payload(model, messages, kwargs)
-        payload_id = str(uuid.uuid4())
-        if base_url is not None and base_url.rstrip("/") != self.base_url:
-            # the published client's per-call base_url: a short-lived client, same key pair
-            other = SecureCompletionClient(_core=self.client._core.with_base_url(base_url))
-            try:
-                return await other.send_secure_request(payload, payload_id, api_key, tier)
-            finally:
-                await other.aclose()
-        return await self.client.send_secure_request(payload, payload_id, api_key, tier)
-
-    acreate = create
-
-    async def aclose(self) -> None:
-        """Close the connection pool."""
-        await self.client.aclose()
-
-    async def __aenter__(self) -> SecureChatCompletion:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-# ---------------------------------------------------------------- sync
-
-
-class _SyncEngine:
-    """The same protocol engine with blocking I/O (threads welcome)."""
-
-    def __init__(self, core: _Core) -> None:
-        self._core = core
-        self._transport: SyncTransport | None = None
-        self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
-
-    def _http(self) -> SyncTransport:
-        transport = self._transport
-        if transport is None:
-            with self._lock:
-                if self._transport is None:
-                    self._transport = SyncTransport(
-                        verify=self._core.config.verify, timeout=self._core.config.http_timeout
-                    )
-                transport = self._transport
-        return transport
-
-    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
-        core = self._core
-        core.check_process()  # before any connection is used
-        if not force and (cached := core.cached_router_key()) is not None:
-            return cached
-        with self._fetch_lock:
-            if not force and (cached := core.cached_router_key()) is not None:
-                return cached
-            pem = self._http().get_text(core.config.key_url, deadline=deadline)
-            return core.accept_router_key(pem)
-
-    def send(
-        self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
-    ) -> dict[str, Any]:
-        core = self._core
-        locked = core.locked(tier)
-        attempts = core.attempts(payload_id)
-        deadline = attempts.deadline
-        pair = core.keys.get()
-        router = self.router_key(deadline=deadline)
-        headers = core.headers(pair, payload_id, api_key, tier)
-        refetched = False
-        while True:
-            body = core.seal(payload, router, locked=locked)
-            try:
-                answer = self._http().request(
-                    "POST",
-                    core.config.post_url,
-                    content=body,
-                    headers=headers,
-                    limit=core.config.max_response_bytes,
-                    timeout=attempts.timeout(),
-                    deadline=deadline,
-                    payload_id=payload_id,
-                )
-            except InvalidRequestError:
-                if refetched:
-                    raise
-                refetched = True
-                fresh = self.router_key(force=True, deadline=deadline)
-                if not core.rotated(router, fresh):
-                    raise
-                router = fresh
-                continue
-            except APIError as error:
-                delay = attempts.backoff(error)
-                if delay is None:
-                    raise
-                time.sleep(delay)
-                continue
-            del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id, locked=locked)
-
-    def close(self) -> None:
-        with self._lock:
-            transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
-
-
-class _SyncCompletions:
-    def __init__(self, client: SyncSecureChatCompletion) -> None:
-        self._client = client
-
-    def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
-        """As :meth:`SyncSecureChatCompletion.create`."""
-        return self._client.create(model, messages, **kwargs)
-
-
-class _SyncChat:
-    def __init__(self, client: SyncSecureChatCompletion) -> None:
-        self.completions = _SyncCompletions(client)
-
-
-class SyncSecureChatCompletion:
-    """:class:`SecureChatCompletion` with blocking calls; needs no event loop
-    and may be shared between threads.  Same parameters."""
+class _ChatClient:
+    """What the two chat clients share: their parameters (the published ones
+    positional, the rest keyword-only), one :class:`Config`, one core, and
+    the key pair started at once so the first request waits less."""
 
     def __init__(
         self,
@@ -1089,33 +1060,137 @@ class SyncSecureChatCompletion:
             max_response_bytes=max_response_bytes,
             verify=verify,
         )
-        self._core = _Core(config, _ClientKeys(key_dir, key_password))
-        self._engine = _SyncEngine(self._core)
-        self.chat = _SyncChat(self)
+        self._core = _Core(config, _ClientKeys(key_dir, key_password, eager=True))
+        self._start()
+
+    def _start(self) -> None:
+        """Each client's own: its engine over the core, and ``chat.completions``."""
+        raise NotImplementedError
 
     def __repr__(self) -> str:
-        return f"<SyncSecureChatCompletion {self._core.config.base_url}>"
+        return f"<{type(self).__name__} {self.base_url}>"
 
     @property
     def base_url(self) -> str:
         return self._core.config.base_url
 
+
+def _request(
+    model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], str, str | None, str | None, str | None]:
+    """create()'s arguments checked, nothing sent yet: (payload, payload_id,
+    api_key, security_tier, base_url)."""
+    tier, api_key, base_url = call_options(kwargs)
+    payload = build_payload(model, messages, kwargs)
+    return payload, str(uuid.uuid4()), api_key, tier, base_url
+
+
+class _AsyncCompletions:
+    def __init__(self, client: SecureChatCompletion) -> None:
+        self._client = client
+
+    async def create(
+        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> dict[str, Any]:
+        """As :meth:`SecureChatCompletion.create`."""
+        return await self._client.create(model, messages, **kwargs)
+
+
+class _AsyncChat:
+    def __init__(self, client: SecureChatCompletion) -> None:
+        self.completions = _AsyncCompletions(client)
+
+
+class SecureChatCompletion(_ChatClient):
+    """End-to-end encrypted chat completions, OpenAI-shaped (async).
+
+    :param base_url: the router (``NOMYO_BASE_URL``, else https://api.nomyo.ai).
+    :param allow_http: allow ``http://`` — local development only.
+    :param api_key: bearer key (``NOMYO_API_KEY`` when None).
+    :param secure_memory: keep plaintexts and keys in locked, guarded memory.
+    :param key_dir: load the client key pair from here, or create it here once.
+    :param key_password: the password of the private key file in ``key_dir``.
+    :param server_key_fingerprint: ``"sha256:<hex>"``; any other router key is refused.
+    :param timeout: seconds for a whole call (retries included), or an ``httpx.Timeout``.
+    :param max_retries: extra attempts after 429/5xx/connection failures.
+    :param max_response_bytes: the largest answer read.
+    :param verify: True, a CA file path or an ``ssl.SSLContext``.
+    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
+    :raises ValueError: a malformed option, or a key file that cannot be loaded.
+    """
+
+    def _start(self) -> None:
+        self._engine = _AsyncEngine(self._core)
+        self.client = SecureCompletionClient(_engine=self._engine)  # the lower-level API
+        self.chat = _AsyncChat(self)
+
+    async def create(
+        self, model: str, messages: list[dict[str, Any]], **kwargs: Any
+    ) -> dict[str, Any]:
+        """Send an encrypted chat completion and return the answer.
+
+        ``kwargs`` go into the encrypted request (temperature, max_tokens,
+        tools, ...), except ``security_tier`` (sent as X-Security-Tier),
+        ``api_key`` (this call's bearer key) and ``base_url`` (this call's
+        router: same settings and key pair).
+
+        :returns: the chat.completion dict, with ``_metadata`` (payload_id,
+            processed_at, is_encrypted, encryption_algorithm, and what the
+            router put there).
+        :raises ValueError: a bad model, messages, tier or ``stream=True``,
+            before anything is sent.
+        :raises nomyo.SecurityError: see :meth:`SecureCompletionClient.send_secure_request`.
+        :raises nomyo.APIError: the router refused, or could not be reached.
+        """
+        return await self._engine.send(*_request(model, messages, kwargs))
+
+    acreate = create
+
+    async def aclose(self) -> None:
+        """Close the connection pool."""
+        await self._engine.close()
+
+    async def __aenter__(self) -> SecureChatCompletion:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class _SyncCompletions:
+    def __init__(self, client: SyncSecureChatCompletion) -> None:
+        self._client = client
+
+    def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
+        """As :meth:`SyncSecureChatCompletion.create`."""
+        return self._client.create(model, messages, **kwargs)
+
+
+class _SyncChat:
+    def __init__(self, client: SyncSecureChatCompletion) -> None:
+        self.completions = _SyncCompletions(client)
+
+
+class SyncSecureChatCompletion(_ChatClient):
+    """:class:`SecureChatCompletion` with blocking calls; needs no event loop
+    and may be shared between threads.  Same parameters."""
+
+    def _start(self) -> None:
+        self._engine = _SyncEngine(self._core)
+        self.chat = _SyncChat(self)
+
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """As :meth:`SecureChatCompletion.create`, blocking."""
-        tier, api_key, base_url = call_options(kwargs)
-        payload = build_payload(model, messages, kwargs)
-        payload_id = str(uuid.uuid4())
-        if base_url is not None and base_url.rstrip("/") != self.base_url:
-            other = _SyncEngine(self._core.with_base_url(base_url))
-            try:
-                return other.send(payload, payload_id, api_key, tier)
-            finally:
-                other.close()
-        return self._engine.send(payload, payload_id, api_key, tier)
+        return self._engine.send(*_request(model, messages, kwargs))
 
     def fetch_server_public_key(self) -> str:
         """The router's public key (PEM), fetched, pinned and cached."""
-        return self._engine.router_key(force=True, deadline=self._core.attempts().deadline).pem
+        return self._engine.fetch_key().pem
 
     def close(self) -> None:
         """Close the connection pool."""
