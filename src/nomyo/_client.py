@@ -8,25 +8,26 @@ HTTP (``_transport``) or cryptography (``_hybrid``) itself.
 
 One request, file:function per hop (the sync twin: the same, blocking)::
 
-    _client:SecureChatCompletion.create      model, messages, tier, stream checked
-      | _client:_request                     (call_options, build_payload): nothing sent yet
-    _client:_AsyncEngine.send                another base_url: a short-lived engine, same key pair
-      | _client:_Core.call                   check_process (once), tier, deadline (_transport:Attempts)
-    _client:_AsyncEngine._send               key pair; router key: cached ROUTER_KEY_TTL,
-      |                                      one shared fetch, pin checked (_Core.accept_router_key)
+    _client:SecureChatCompletion.create  model, messages, tier, stream checked
+      | _client:_request                 (call_options, build_payload): nothing sent yet
+    _client:_AsyncEngine.send            another base_url: a short-lived engine, same keys
+      | _client:_Core.call               check_process (once), tier, the deadline
+      |                                  (_transport:Attempts)
+    _client:_AsyncEngine._send           key pair; router key: cached ROUTER_KEY_TTL, one
+      |                                  shared fetch, pin checked (_Core.accept_router_key)
       v
-    serialize -> seal    _client:_Call.post -> _hybrid:seal_json   (afresh: new AES key, nonce)
-    send -> receive      _transport:AsyncTransport.request          (read capped, statuses mapped)
+    serialize -> seal   _client:_Call.post -> _hybrid:seal_json  (new AES key, nonce)
+    send -> receive     _transport:AsyncTransport.request  (read capped, statuses mapped)
       ^  429/5xx/no connection: _Call.retry -> _transport:Attempts.backoff
       |  (Retry-After, or backoff with jitter, while retries and time remain)
       ^  400, once: _Call.rekey after fetching the router key again (it may have rotated)
       v
-    open                 _client:_Call.open -> _Core.open -> _hybrid:open_answer
-                         (decode, replay check (_Replays), authenticate, parse: every
-                         failure to authenticate is one opaque SecurityError)
-    bind                 _client:_bind   a JSON object, not another request's payload_id,
-                                         _metadata filled in
-    return               the chat.completion dict
+    open                _client:_Call.open -> _Core.open -> _hybrid:open_answer
+                        (decode, replay check (_Replays), authenticate, parse; every
+                        failure to authenticate is one opaque SecurityError)
+    bind                _client:_bind  a JSON object, not another request's payload_id,
+                                       _metadata filled in
+    return              the chat.completion dict
 """
 
 from __future__ import annotations

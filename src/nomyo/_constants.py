@@ -12,6 +12,12 @@ MEMORY_BACKENDS = ("native", "python")
 #: byte that fresh secure memory is filled with, so reads of never-written data show
 GARBAGE_BYTE = 0xDB
 
+#: what ``nomyo doctor`` counts on: a request locks its serialized prompt and its
+#: answer plus about this much more (a few pages), and a budget is enough when a
+#: request can keep this much prompt locked
+LOCK_REQUEST_OVERHEAD_BYTES = 64 * 1024
+LOCK_BUDGET_ENOUGH_BYTES = 16 * 1024 * 1024
+
 #: how deep wipe() follows nested dict/list/tuple values (csrc/pyglue.c repeats
 #: it as a #define of the same name: change both together)
 WIPE_MAX_DEPTH = 200
