@@ -1,7 +1,9 @@
-"""The HTTP side: one pooled httpx client per nomyo client, capped reads,
-httpx failures and error statuses turned into nomyo exceptions (here, at the
-boundary, and nowhere else), and the retry policy.  Never sees plaintext:
-it moves sealed packages and the router's public key.
+"""The HTTP side: the connection pools (a sync client has one; an async
+client has a few per event loop, opened as requests pile up, see
+:class:`AsyncTransport`), capped reads, httpx failures and error statuses
+turned into nomyo exceptions (here, at the boundary, and nowhere else), and
+the retry policy with the call's deadline.  Never sees plaintext: it moves
+sealed packages and the router's public key.
 
 The retry policy is three small functions: :func:`should_retry` (is this
 failure worth another attempt?), :func:`retry_delay` (how long to wait?) and
@@ -210,7 +212,8 @@ class _DeadlineStream(httpcore.NetworkStream):
     """A connection whose every read and write ends by the deadline of the
     request using it.  httpx's timeouts are per operation only, so without
     this a router sending a byte of its headers a second would hold a
-    blocking call for hours (the async client has ``asyncio.wait_for``)."""
+    blocking call for hours (the async engine bounds the whole call in its
+    task instead: ``asyncio.timeout``, or ``asyncio.wait_for`` before 3.11)."""
 
     def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
         self._stream, self._deadline = stream, deadline
