@@ -90,6 +90,8 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 RETRY_AFTER_CAP = 60.0
+#: the most the backoff is cut by at random (a fraction), so clients spread out
+RETRY_JITTER = 0.25
 #: requests in flight per httpx pool before the async client opens another pool:
 #: httpcore checks every connection of a pool for every waiting request
 #: (encode/httpcore#1035), so a few small pools cost far less than one big one

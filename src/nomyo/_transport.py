@@ -37,6 +37,7 @@ from ._constants import (
     POOL_MAX_KEEPALIVE,
     POOL_SHARD_REQUESTS,
     RETRY_AFTER_CAP,
+    RETRY_JITTER,
     RETRY_STATUSES,
 )
 from ._exceptions import APIConnectionError, APIError, APITimeoutError, error_for_status
@@ -87,11 +88,11 @@ def retry_delay(
     """Seconds to sleep before retry number ``attempt`` (0-based): the router's
     ``Retry-After`` when it gave one (at most RETRY_AFTER_CAP), otherwise
     exponential backoff from INITIAL_RETRY_DELAY, capped at MAX_RETRY_DELAY,
-    with up to 25 % jitter downwards so clients spread out."""
+    with up to RETRY_JITTER (a quarter) jitter downwards so clients spread out."""
     if retry_after is not None:
         return min(retry_after, RETRY_AFTER_CAP)
     base: float = min(INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 64), MAX_RETRY_DELAY)
-    return base * (1.0 - 0.25 * rand())
+    return base * (1.0 - RETRY_JITTER * rand())
 
 
 class Attempts:
