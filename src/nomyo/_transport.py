@@ -281,8 +281,8 @@ class SyncTransport:
         self._deadline = _Deadline()
         pool = httpx.HTTPTransport(verify=_verify(verify), limits=_limits())
         # httpx takes no network backend of its own: set the one of its httpcore
-        # pool (private; tests/test_hostile_router.py's stalling routers fail if
-        # a new httpx or httpcore stops honouring it)
+        # pool (private; tests/test_client_stalling_routers.py fails if a new
+        # httpx or httpcore stops honouring it)
         inner = getattr(pool, "_pool", None)
         if inner is not None and hasattr(inner, "_network_backend"):
             inner._network_backend = _DeadlineBackend(self._deadline)
