@@ -428,8 +428,9 @@ class Config:
         limit = self.max_response_bytes
         if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
             raise ValueError(f"max_response_bytes must be a positive int, not {limit!r}")
-        put("http_timeout", _timeout(self.timeout)[0])
-        put("total_timeout", _timeout(self.timeout)[1])
+        http_timeout, total_timeout = _timeout(self.timeout)
+        put("http_timeout", http_timeout)
+        put("total_timeout", total_timeout)
         verify = self.verify
         if not isinstance(verify, bool | str | ssl.SSLContext):
             raise TypeError("verify must be True/False, a CA file path or an ssl.SSLContext")
@@ -685,11 +686,6 @@ class _Call:
         return self.core.open(answer, self.pair, self.payload_id, locked=self.locked)
 
 
-def _differs(base_url: str | None, core: _Core) -> bool:
-    """A per-call base_url that is not the client's own router."""
-    return base_url is not None and base_url.rstrip("/") != core.config.base_url
-
-
 # ---------------------------------------------------------------- the engines
 
 
@@ -753,8 +749,7 @@ class _AsyncEngine:
         """One request, with retries, within the call timeout; another
         ``base_url`` goes through a short-lived engine with the same settings
         and key pair."""
-        if _differs(base_url, self.core):
-            assert base_url is not None
+        if base_url is not None and base_url.rstrip("/") != self.core.config.base_url:
             other = _AsyncEngine(self.core.with_base_url(base_url))
             try:
                 return await other.send(payload, payload_id, api_key, tier)
@@ -861,8 +856,7 @@ class _SyncEngine:
         base_url: str | None = None,
     ) -> dict[str, Any]:
         """As :meth:`_AsyncEngine.send`."""
-        if _differs(base_url, self.core):
-            assert base_url is not None
+        if base_url is not None and base_url.rstrip("/") != self.core.config.base_url:
             other = _SyncEngine(self.core.with_base_url(base_url))
             try:
                 return other.send(payload, payload_id, api_key, tier)
