@@ -14,7 +14,7 @@ import ssl
 import urllib.parse
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
 import certifi
@@ -595,3 +595,17 @@ def test_each_attempt_is_sealed_to_the_router_key(kind: str, keys: Keys, wire: W
     with pytest.raises(SecurityError):  # control: not readable with another key
         _hybrid.open_json(wire.only()["content"], keys.other)
     assert wire.plaintext()["model"] == "test-model"
+
+
+def test_the_config_is_frozen_and_with_base_url_is_a_checked_copy() -> None:
+    config = SyncSecureChatCompletion(URL, max_retries=5, timeout=10)._core.config
+    with pytest.raises(FrozenInstanceError):
+        config.max_retries = 1  # type: ignore[misc]
+    other = config.with_base_url("https://other.example/")
+    assert other.base_url == "https://other.example"
+    assert (other.max_retries, other.total_timeout, other.pin) == (5, 10.0, config.pin)
+    assert config.base_url == URL  # the client's own is unchanged
+    with pytest.raises(SecurityError, match="plain HTTP"):  # checked as the first one was
+        config.with_base_url("http://other.example")
+    with pytest.raises(ValueError, match="base_url"):
+        config.with_base_url("ftp://other.example")
