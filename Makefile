@@ -60,7 +60,7 @@ SAN_LOGS   := $(SAN_DIR)/logs
 # the memory tests, and those that drive the C codec, pack and wipe (about 40 s)
 SAN_TESTS  ?= tests/test_sanitize.py tests/test_memory_native.py tests/test_memory_api.py \
               tests/test_memory_faults.py tests/test_memory_limits.py tests/test_fallback_lane.py \
-              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_validation.py \
+              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_client_validation.py \
               tests/test_native_boundary.py
 SAN_ENV    := PYTHONPATH=$(SAN_DIR) NOMYO_SANITIZE=$(SANITIZERS) PYTHONMALLOC=malloc \
               LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \

@@ -32,8 +32,11 @@ from ._constants import (
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_KEY_BITS,
     DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_SERVE_HOST,
     DEFAULT_SERVE_PORT,
+    MODEL_ENV,
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     SECURITY_TIERS,
@@ -52,8 +55,6 @@ EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 EXIT_AUTHENTICATION = 4
 EXIT_SECURITY = 5
-
-MODEL_ENV = "NOMYO_MODEL"
 
 
 class _Failure(Exception):
@@ -229,33 +230,11 @@ def _keys_fingerprint(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- doctor
 
 
-def _locked_now() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmLck:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _has_ipc_lock() -> bool:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << 14))  # CAP_IPC_LOCK
-    except OSError:
-        pass
-    return False
-
-
 def _doctor(args: argparse.Namespace) -> int:
-    from .memory import protection
+    from .memory import lock_budget, protection
 
     report = protection()
-    capability = _has_ipc_lock()
-    limit = None if capability else report.memlock_limit
-    locked = _locked_now() or 0
+    budget = lock_budget()
 
     def line(ok: bool, what: str, detail: str = "") -> None:
         print(f"  [{'ok' if ok else '!!'}] {what}{': ' + detail if detail else ''}")
@@ -267,25 +246,22 @@ def _doctor(args: argparse.Namespace) -> int:
     line(report.dontdump, "secrets excluded from core dumps (MADV_DONTDUMP)")
     line(report.wipeonfork, "secrets wiped in forked children (MADV_WIPEONFORK)")
     line(report.memfd_secret, "memfd_secret (out of the kernel's direct map)")
-    if capability:
+    if budget.cap_ipc_lock:
         shown = "no limit (CAP_IPC_LOCK)"
-    elif limit is None:
+    elif budget.limit is None:
         shown = "unlimited"
     else:
-        shown = f"{limit // 1024} KiB, {locked // 1024} KiB locked now"
-    # a request locks its serialized prompt and its answer, plus a few pages
-    per_request = None if limit is None else max(0, (limit - locked - 64 * 1024) // 2)
-    big_enough = per_request is None or per_request >= 16 * 1024 * 1024
-    line(big_enough, "RLIMIT_MEMLOCK", shown)
-    if per_request is not None:
-        print(f"       a request can keep about {per_request // 1024} KiB of prompt locked")
+        shown = f"{budget.limit // 1024} KiB, {budget.locked // 1024} KiB locked now"
+    line(budget.enough, "RLIMIT_MEMLOCK", shown)
+    if budget.per_request is not None:
+        print(f"       a request can keep about {budget.per_request // 1024} KiB of prompt locked")
     advice = []
     if report.backend != "native":
         advice.append(
             "reinstall nomyo where a C compiler and the Python headers are available "
             "(pip install --force-reinstall --no-binary nomyo nomyo)"
         )
-    if not report.mlock or not big_enough:
+    if not report.mlock or not budget.enough:
         advice += [
             "raise the lock limit: `ulimit -l unlimited` in the shell that starts the program,",
             "  LimitMEMLOCK=infinity in its systemd unit, --ulimit memlock=-1 for docker,",
@@ -483,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help=f"the model (default: ${MODEL_ENV})")
     chat.add_argument("--tier", choices=SECURITY_TIERS, help="security tier")
     chat.add_argument("--system", metavar="TEXT", help="a system message first")
-    chat.add_argument("--max-retries", type=int, default=2)
+    chat.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     chat.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: stdin)")
     chat.set_defaults(func=_chat)
 
@@ -515,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy", help="a local OpenAI-compatible endpoint that encrypts to a router"
     )
     _router_options(proxy)
-    proxy.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    proxy.add_argument("--listen", default=DEFAULT_PROXY_LISTEN, metavar="HOST:PORT")
     proxy.add_argument("--model", action="append", help="a model for /v1/models (repeatable)")
     proxy.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]

@@ -41,7 +41,10 @@ from starlette.routing import Route
 
 from ._chunks import chunks_of
 from ._client import SecureChatCompletion
-from ._constants import MAX_REQUEST_BYTES
+from ._constants import PROXY_DEFAULT_MODEL as DEFAULT_MODEL
+from ._constants import PROXY_MAX_BODY_BYTES as MAX_BODY_BYTES
+from ._constants import PROXY_MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from ._constants import PROXY_MAX_PATH_CHARS as MAX_PATH_CHARS
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -55,16 +58,9 @@ __all__ = ["create_proxy_app", "is_loopback"]
 
 log = logging.getLogger("nomyo.proxy")
 
-#: the largest request body read (the protocol's plaintext cap)
-MAX_BODY_BYTES = MAX_REQUEST_BYTES
-#: the one model listed when none are configured
-DEFAULT_MODEL = "nomyo"
 #: create()'s own options (and its ``self``): never taken from a request body,
 #: or a caller could send the proxy's API key to a router of its choosing
 RESERVED_FIELDS = ("api_key", "base_url", "security_tier", "self")
-#: the longest router error message passed on, and path echoed in a 404
-MAX_MESSAGE_CHARS = 1000
-MAX_PATH_CHARS = 200
 
 VERIFICATION_FAILED = "the router's answer failed verification"
 _INTERNAL = "internal error in the nomyo proxy"

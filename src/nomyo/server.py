@@ -48,24 +48,22 @@ from ._constants import (
     COMPLETION_PATH,
     DEFAULT_BODY_TIMEOUT,
     DEFAULT_MAX_CONCURRENT,
+    ECHO_MAX_CHOICES,
     MAX_API_KEY_FILE_BYTES,
+    MAX_PAYLOAD_ID_CHARS,
     MAX_REQUEST_BYTES,
     PUBLIC_KEY_PATH,
     SECURITY_TIERS,
     UPSTREAM_CONNECT_TIMEOUT,
     UPSTREAM_READ_TIMEOUT,
 )
+from ._constants import SERVE_MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._exceptions import SecurityError
 from .memory import wipe
 
 __all__ = ["ServerConfig", "create_app", "read_api_key_file"]
 
 log = logging.getLogger("nomyo.server")
-
-#: the largest package body: base64 of the largest plaintext, plus the JSON around it
-MAX_BODY_BYTES = (MAX_REQUEST_BYTES + 2) // 3 * 4 + 8192
-MAX_PAYLOAD_ID_CHARS = 128
-ECHO_MAX_CHOICES = 16
 
 _INVALID_PACKAGE = "invalid encrypted package"
 _INVALID_REQUEST = "invalid chat completion request"
