@@ -11,9 +11,11 @@ $(PY):
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 
-# editable install: builds the cffi extension into src/nomyo; a failed C build is an error here
+# editable install: builds both compiled modules into src/nomyo; a failed C build is an
+# error here.  A test build: NOMYO_TEST_HOOKS compiles the debug capture in (what
+# `pip install .` ships never has it; tests/test_package.py checks both)
 $(STAMP): $(PY) $(SOURCES)
-	NOMYO_REQUIRE_EXTENSION=1 $(PY) -m pip install --quiet -e '.[test]'
+	NOMYO_REQUIRE_EXTENSION=1 NOMYO_TEST_HOOKS=1 $(PY) -m pip install --quiet -e '.[test]'
 	touch $@
 
 install: $(STAMP)
@@ -41,7 +43,7 @@ bench: $(STAMP)
 	$(PY) -m pytest benchmarks --benchmark-only --benchmark-sort=name --benchmark-columns=min,median,mean,ops,rounds
 	$(PY) benchmarks/compare_published.py
 
-# ---- sanitizer lane: the extension built with ASan + UBSan (csrc/build.py,
+# ---- sanitizer lane: both compiled modules built with ASan + UBSan (csrc/build.py,
 # NOMYO_SANITIZE) into build/sanitize, never src/nomyo; that dir goes first on
 # PYTHONPATH (with the package's .py files linked in) and this venv's
 # uninstrumented interpreter runs with the runtime preloaded.  Every process
@@ -58,7 +60,8 @@ SAN_LOGS   := $(SAN_DIR)/logs
 # the memory tests, and those that drive the C codec, pack and wipe (about 40 s)
 SAN_TESTS  ?= tests/test_sanitize.py tests/test_memory_native.py tests/test_memory_api.py \
               tests/test_memory_faults.py tests/test_memory_limits.py tests/test_fallback_lane.py \
-              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_validation.py \
+              tests/test_envelope.py tests/test_hybrid.py tests/test_keys.py tests/test_client_validation.py \
+              tests/test_native_boundary.py \
               tests/test_native_defects.py
 SAN_ENV    := PYTHONPATH=$(SAN_DIR) NOMYO_SANITIZE=$(SANITIZERS) PYTHONMALLOC=malloc \
               LD_PRELOAD="$$(gcc -print-file-name=libasan.so)" \
@@ -75,7 +78,7 @@ sanitize-build: $(STAMP) sanitize-runtime
 	rm -rf $(SAN_DIR) && mkdir -p $(SAN_DIR)/nomyo
 	cd $(SAN_DIR) && NOMYO_SANITIZE=$(SANITIZERS) $(CURDIR)/$(PY) $(CURDIR)/csrc/build.py \
 	  > build.log 2>&1 || { cat build.log; exit 1; }
-	ln -s $(CURDIR)/src/nomyo/*.py $(CURDIR)/src/nomyo/py.typed $(SAN_DIR)/nomyo/
+	ln -s $(CURDIR)/src/nomyo/*.py $(CURDIR)/src/nomyo/*.pyi $(CURDIR)/src/nomyo/py.typed $(SAN_DIR)/nomyo/
 
 # segfaults_on_purpose: guard-page SIGSEGVs, which ASan turns into reports (see the tests)
 sanitize: sanitize-build
@@ -105,4 +108,4 @@ fuzz: sanitize-build
 	exit $$status
 
 clean:
-	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* src/nomyo/_pyglue*.so .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis

@@ -1,7 +1,9 @@
-"""Build the secure-memory extension (cffi, from csrc/) next to the package.
+"""Build the two compiled modules (from csrc/, see csrc/build.py) next to the package:
+``nomyo._securemem`` (cffi, the allocator) and ``nomyo._pyglue`` (an ordinary
+CPython extension: the buffer type, wipe and the codec).
 
 Without a working C compiler the install still succeeds, without the
-extension: ``nomyo.memory`` then uses its pure-Python fallback and says at
+extensions: ``nomyo.memory`` then uses its pure-Python fallback and says at
 import what that loses.  ``NOMYO_REQUIRE_EXTENSION=1`` turns a failed build
 into an error instead (``make`` sets it, so our own venvs never fall back
 silently).
@@ -9,6 +11,7 @@ silently).
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import sys
 
@@ -47,7 +50,18 @@ class OptionalBuildExt(build_ext):
             _skip(ext.name, exc)
 
 
+def _csrc_build():  # type: ignore[no-untyped-def]
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "csrc", "build.py")
+    spec = importlib.util.spec_from_file_location("_nomyo_csrc_build", path)
+    if spec is None or spec.loader is None:
+        raise ImportError(path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
 setup(
     cmdclass={"build_ext": OptionalBuildExt},
     cffi_modules=["csrc/build.py:ffibuilder"],
+    ext_modules=[_csrc_build().pyglue_extension()],
 )

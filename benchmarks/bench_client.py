@@ -53,7 +53,7 @@ from pytest_benchmark.fixture import BenchmarkFixture
 
 from nomyo import SecureChatCompletion, SyncSecureChatCompletion, _keys
 from nomyo._constants import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
-from tests.servers import make_tls, wait_listening
+from tests.servers import make_tls, stop_process, wait_listening
 
 HERE = Path(__file__).resolve().parent
 T = TypeVar("T")
@@ -84,16 +84,6 @@ def _spawn(argv: list[str], log: Path) -> subprocess.Popen[str]:
 def _wait_listening(process: subprocess.Popen[str], log: Path) -> Server:
     url, _lines = wait_listening(process, log)
     return Server(url, process, log)
-
-
-def _stop(process: subprocess.Popen[str]) -> None:
-    if process.poll() is None:
-        process.terminate()
-    try:
-        process.wait(timeout=15)
-    except subprocess.TimeoutExpired:  # pragma: no cover
-        process.kill()
-        process.wait()
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +118,7 @@ def servers(workdir: Path, tls: dict[str, Path]) -> Iterator[dict[str, Server]]:
         }
     finally:
         for process in processes.values():
-            _stop(process)
+            stop_process(process)
 
 
 @pytest.fixture(scope="module")

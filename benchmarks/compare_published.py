@@ -11,9 +11,9 @@ endpoint's own RSA work stays small and the clients' costs decide) serves
 every request.  Each measurement is a fresh driver process running one
 workload through one client: ``_ours_driver.py`` with our venv's interpreter,
 ``_published_driver.py`` with the interpreter of ``.venv-interop`` (the
-published client has our package's name, so it needs its own venv: reused
-when it holds nomyo 0.2.9, rebuilt as tests/test_interop.py builds it
-otherwise).  A driver reports wall time, CPU time (``time.process_time()``)
+published client has our package's name, so it needs its own venv:
+tests/interop.py, shared with tests/test_interop.py, reuses or rebuilds it).
+A driver reports wall time, CPU time (``time.process_time()``)
 and peak RSS (``ru_maxrss``) of its measured part only, so interpreter start,
 imports, key generation and warm-up are never counted.  Ours and the
 published client alternate, for 5 rounds (1 with --quick); the tables show
@@ -55,7 +55,7 @@ Workloads:
   measured 2.76 ms against an endpoint answering at once and 3.20 ms
   against one that spun 1.5 ms first (medians of 6 alternating runs,
   2026-11-25).  For information, the floor is also run against a plain JSON
-  echo endpoint that answers at once (this script run as ``--serve-echo``),
+  echo endpoint that answers at once (``_echo_endpoint.py``, bench_client's floor),
   as the first version of this script measured it.
 
 Except for ``first``, both clients load a key pair made once per run
@@ -78,7 +78,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
@@ -89,12 +88,16 @@ from typing import Any
 from _published_driver import WARMUP  # the harness both drivers use (stdlib only)
 
 ROOT = Path(__file__).resolve().parents[1]
+if str(ROOT) not in sys.path:  # run as a script: the tests' helpers are shared
+    sys.path.insert(0, str(ROOT))
+
+from tests import interop  # noqa: E402
+from tests.servers import make_tls, stop_process, wait_listening  # noqa: E402
+
 HERE = ROOT / "benchmarks"
 OUR_SOURCES = str(ROOT / "src" / "nomyo")
 OURS = (sys.executable, HERE / "_ours_driver.py")
-PUBLISHED_SPEC = "nomyo==0.2.9"
-PUBLISHED_VENV = ROOT / ".venv-interop"
-PUBLISHED = (str(PUBLISHED_VENV / "bin" / "python"), HERE / "_published_driver.py")
+PUBLISHED = (str(interop.PYTHON), HERE / "_published_driver.py")
 API_KEY = "bench-" + uuid.uuid4().hex
 MIB = 1024 * 1024
 DRIVER_TIMEOUT = 900  # seconds; the published client is slow with big prompts
@@ -112,38 +115,6 @@ class Settings:
 
 FULL = Settings(rounds=5, n=200, sizes_mib=(1, 2, 4, 8), firsts=4)
 QUICK = Settings(rounds=1, n=30, sizes_mib=(1, 4), firsts=1)
-
-
-# ---------------------------------------------------------------- the published venv
-
-
-def _published_version(python: str) -> str | None:
-    if not Path(python).exists():
-        return None
-    probe = subprocess.run(
-        [python, "-c", "import importlib.metadata as m; print(m.version('nomyo'))"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return probe.stdout.strip() if probe.returncode == 0 else None
-
-
-def ensure_published_venv() -> None:
-    """Reuse .venv-interop when it holds nomyo 0.2.9, else build it as the
-    interop test does."""
-    python, wanted = PUBLISHED[0], PUBLISHED_SPEC.split("==")[1]
-    if _published_version(python) == wanted:
-        return
-    print(f"building {PUBLISHED_VENV.name} with {PUBLISHED_SPEC} ...", flush=True)
-    subprocess.run([sys.executable, "-m", "venv", "--clear", str(PUBLISHED_VENV)], check=True)
-    subprocess.run(
-        [python, "-m", "pip", "install", "--quiet", "--disable-pip-version-check", PUBLISHED_SPEC],
-        check=True,
-        timeout=600,
-    )
-    if _published_version(python) != wanted:
-        sys.exit(f"{PUBLISHED_VENV} does not hold {PUBLISHED_SPEC}")
 
 
 # ---------------------------------------------------------------- servers
@@ -165,27 +136,15 @@ def clean_env(ca: Path | None = None) -> dict[str, str]:
 
 
 class Server:
-    """A server subprocess that prints ``... listening on URL`` when ready."""
+    """A server subprocess that prints ``... listening on URL`` when ready
+    (tests/servers.py starts and stops it), and the CPU time it has used."""
 
     def __init__(self, argv: Sequence[str], log: Path) -> None:
-        self.log = log
         with log.open("w") as stderr:  # the child keeps its own descriptor
             self.process = subprocess.Popen(
                 argv, stdout=subprocess.PIPE, stderr=stderr, text=True, env=clean_env()
             )
-        assert self.process.stdout is not None
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            line = self.process.stdout.readline()
-            if not line:
-                break
-            if "listening on" in line:
-                self.url = line.rsplit(" ", 1)[1].strip()
-                # keep reading, so a chatty server never blocks on a full pipe
-                threading.Thread(target=self.process.stdout.read, daemon=True).start()
-                return
-        self.stop()
-        sys.exit(f"server {argv[1:4]} did not start:\n{log.read_text()[-3000:]}")
+        self.url, _ = wait_listening(self.process, log)
 
     def cpu_s(self) -> float:
         """CPU time (user + system, every thread) the server has used so far."""
@@ -194,49 +153,7 @@ class Server:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
     def stop(self) -> None:
-        self.process.terminate()
-        try:
-            self.process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            self.process.kill()
-            self.process.wait()
-
-
-def serve_echo(certfile: str, keyfile: str) -> None:
-    """The fast floor's endpoint (run as ``--serve-echo``): POST
-    /v1/chat/completions answers the chat request with nomyo's echo model,
-    as plain JSON."""
-    import asyncio
-    import socket
-
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse
-    from starlette.routing import Route
-
-    from nomyo.server import echo_completion
-
-    async def completions(request: Request) -> JSONResponse:
-        return JSONResponse(echo_completion(await request.json()))
-
-    class Echo(uvicorn.Server):
-        async def startup(self, sockets: list[socket.socket] | None = None) -> None:
-            await super().startup(sockets=sockets)
-            host, port = self.servers[0].sockets[0].getsockname()[:2]
-            print(f"echo endpoint: listening on https://{host}:{port}", flush=True)
-
-    app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
-    config = uvicorn.Config(
-        app,
-        host="127.0.0.1",
-        port=0,
-        ssl_certfile=certfile,
-        ssl_keyfile=keyfile,
-        log_level="warning",
-        server_header=False,
-    )
-    asyncio.run(Echo(config).serve())
+        stop_process(self.process)
 
 
 # ---------------------------------------------------------------- running drivers
@@ -751,7 +668,7 @@ def machine(bench: Bench) -> tuple[str, dict[str, Any], dict[str, Any]]:
         f"({len(os.sched_getaffinity(0))} usable); Linux {platform.release()}",
         f"ours:      nomyo {ours.get('nomyo')} (git {git or '?'}), "
         f"memory backend {ours.get('protection')}",
-        f"published: nomyo {published.get('nomyo')} in {PUBLISHED_VENV.name}",
+        f"published: nomyo {published.get('nomyo')} in {interop.VENV.name}",
         "the server, the floor's echo endpoint and every driver share these cores",
     ]
     rows = [
@@ -871,16 +788,9 @@ def _where(key: tuple[str, int, str]) -> str:
 
 def setup(folder: Path) -> tuple[Path, Path, Path, Path, Path]:
     """TLS files, the 2048-bit router key and a 4096-bit client key pair."""
-    import trustme
-
     from nomyo import _keys
 
-    ca = trustme.CA()
-    cert = ca.issue_cert("127.0.0.1", "localhost")
-    ca_file, cert_file, key_file = folder / "ca.pem", folder / "cert.pem", folder / "key.pem"
-    ca.cert_pem.write_to_path(str(ca_file))
-    cert.private_key_pem.write_to_path(str(key_file))
-    cert.cert_chain_pems[0].write_to_path(str(cert_file))
+    tls = make_tls(folder)
     router = folder / "router.pem"
     _keys.save_private_key(_keys.generate_private_key(2048), router)
     key_dir = folder / "client-keys"
@@ -888,7 +798,7 @@ def setup(folder: Path) -> tuple[Path, Path, Path, Path, Path]:
     _keys.save_private_key(client_key, key_dir / "private_key.pem")
     _keys.save_public_key(client_key, key_dir / "public_key.pem")
     (folder / "work").mkdir()
-    return ca_file, cert_file, key_file, router, key_dir
+    return tls["ca"], tls["cert"], tls["key"], router, key_dir
 
 
 def main() -> None:
@@ -897,17 +807,13 @@ def main() -> None:
     p.add_argument("--rounds", type=int, help="override the number of rounds")
     p.add_argument("--n", type=int, help="override N (sequential and inflight16)")
     p.add_argument("--profile", action="store_true", help="also cProfile our client")
-    p.add_argument("--serve-echo", nargs=2, metavar=("CERT", "KEY"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.serve_echo:
-        serve_echo(*args.serve_echo)
-        return
     s = QUICK if args.quick else FULL
     if args.rounds or args.n:
         s = Settings(args.rounds or s.rounds, args.n or s.n, s.sizes_mib, s.firsts)
 
     started = time.perf_counter()
-    ensure_published_venv()
+    interop.published_python()
     with tempfile.TemporaryDirectory(prefix="nomyo-compare-") as tmp:
         folder = Path(tmp)
         ca, cert, key, router, key_dir = setup(folder)
@@ -919,8 +825,9 @@ def main() -> None:
             ],
             folder / "serve.log",
         )  # fmt: skip
+        tls_files = ["--certfile", str(cert), "--keyfile", str(key)]
         echo = Server(
-            [sys.executable, __file__, "--serve-echo", str(cert), str(key)], folder / "echo.log"
+            [sys.executable, str(HERE / "_echo_endpoint.py"), *tls_files], folder / "echo.log"
         )
         try:
             servers = {"serve": serve, "echo": echo}

@@ -8,7 +8,7 @@
  * has exactly one accepted text).  Nothing here is secret: ciphertexts,
  * nonces, tags and wrapped keys are public.
  */
-#include <stddef.h>
+#include "b64.h"
 
 static const char enc_table[64] =
     "ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";

@@ -1,14 +1,22 @@
-"""The cffi builder for ``nomyo._securemem`` (build time only, not installed).
+"""Build definitions of nomyo's two compiled modules (build time only, not installed).
 
-The declarations below are the whole C surface the package sees; the one
-module that imports the compiled result is ``nomyo._native``.
+- ``nomyo._securemem`` (cffi, ``ffibuilder``): the allocator of csrc/securemem.c.
+  Its cdef is read from the headers, between the ``NOMYO_CDEF_*`` markers, so
+  it cannot drift from them (cffi checks the struct layout when compiling).
+- ``nomyo._pyglue`` (``pyglue_extension()``, an ordinary setuptools Extension):
+  what creates or touches Python objects: the buffer type, wipe, the JSON and
+  base64 codec.  See the drawing in csrc/pyglue.h.
+
+Both take the same flags.  ``NOMYO_TEST_HOOKS=1`` makes a test build: the
+debug capture of securemem.c is compiled in (``make install`` sets it for the
+development venv; a plain ``pip install`` never has it).
 
 ``NOMYO_SANITIZE=address,undefined`` (or just ``address``) builds for the
 sanitizer lane (``make sanitize``): instrumented, ``-O1 -g`` with frame
 pointers, ``NOMYO_SANITIZE_BUILD`` defined (mlock through the raw syscall,
-which the sanitizer runtimes otherwise turn into a no-op) and the test-only
-entry points of ``sanitize_selftest.c`` compiled in.  The normal build never
-has either.  The lane builds out of tree, never into ``src/nomyo``::
+which the sanitizer runtimes otherwise turn into a no-op), the test hooks and
+the test-only entry points of ``sanitize_selftest.c`` compiled into both
+modules.  The lane builds out of tree, never into ``src/nomyo``::
 
     cd build/sanitize && NOMYO_SANITIZE=address,undefined python ../../csrc/build.py
 
@@ -21,6 +29,8 @@ from __future__ import annotations
 import ast
 import os
 import pathlib
+import re
+from typing import Any
 
 from cffi import FFI
 
@@ -36,56 +46,19 @@ def _rel(name: str) -> str:
         return str(path)
 
 
-CDEF = """
-#define NOMYO_CANARY_BYTES ...
-#define NOMYO_GARBAGE_BYTE ...
-#define NOMYO_CACHE_SLOTS ...
-#define NOMYO_F_SECRET ...
-#define NOMYO_F_NOCACHE ...
-#define NOMYO_S_LOCKED ...
-#define NOMYO_S_DONTDUMP ...
-#define NOMYO_S_WIPEONFORK ...
-#define NOMYO_S_DONTFORK ...
-#define NOMYO_S_SECRET ...
-#define NOMYO_S_GUARDED ...
-
-extern const int NOMYO_HAVE_GETRANDOM;
-extern const int NOMYO_HAVE_EXPLICIT_BZERO;
-extern const int NOMYO_HAVE_MADV_DONTDUMP;
-extern const int NOMYO_HAVE_MADV_WIPEONFORK;
-extern const int NOMYO_HAVE_MEMFD_SECRET;
-
-int nomyo_init(void);
-size_t nomyo_page_size(void);
-void nomyo_zero(void *p, size_t n);
-void nomyo_scrub_stack(void);
-int nomyo_random(void *p, size_t n);
-int nomyo_memfd_secret_usable(void);
-size_t nomyo_cache_trim(void);
-size_t nomyo_cache_pages(void);
-void nomyo_debug_capture(unsigned char *dst, size_t cap, int before_zero);
-size_t nomyo_debug_captured(void);
-int nomyo_py_register(void *namespace);
-
-size_t nomyo_b64_encoded_len(size_t n);
-void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
-size_t nomyo_b64_decoded_max(size_t n);
-long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
-"""
-
-PREAMBLE = """#include "securemem.h"
-int nomyo_py_register(void *namespace);
-size_t nomyo_b64_encoded_len(size_t n);
-void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
-size_t nomyo_b64_decoded_max(size_t n);
-long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
-"""
-
-# sanitize_selftest.c: only in NOMYO_SANITIZE builds
-SELFTEST_CDEF = """
-int nomyo_selftest_heap_read(size_t size, size_t index);
-int nomyo_selftest_shift(int value, int by);
-"""
+def header_section(header: str, section: str) -> str:
+    """The text of ``header`` between ``/* NOMYO_CDEF_<section>BEGIN */`` and
+    its END marker (``section`` is "" or e.g. "TEST_HOOKS_")."""
+    text = (HERE / header).read_text()
+    match = re.search(
+        rf"/\* NOMYO_CDEF_{section}BEGIN \*/\n(.*?)/\* NOMYO_CDEF_{section}END \*/", text, re.S
+    )
+    if match is None:
+        raise ValueError(f"{header}: no NOMYO_CDEF_{section}BEGIN/END markers")
+    body = match.group(1)
+    if re.search(r"^\s*#\s*(if|ifdef|ifndef|include|else|endif)\b", body, re.M):
+        raise ValueError(f"{header}: a cdef section may hold no conditionals or includes")
+    return body
 
 
 def _sanitizers() -> list[str]:
@@ -108,33 +81,75 @@ def _max_nesting() -> str:
 
 
 SANITIZE = _sanitizers()
-sources = [_rel(name) for name in ("securemem.c", "pyglue.c", "b64.c", "jsonenc.c", "jsondec.c")]
+TEST_HOOKS = bool(SANITIZE) or os.environ.get("NOMYO_TEST_HOOKS", "") not in ("", "0")
+
 compile_args = ["-O2", "-Wall", "-Wextra", "-fno-strict-aliasing"]
 link_args: list[str] = []
+if TEST_HOOKS:
+    compile_args += ["-DNOMYO_TEST_HOOKS=1"]
 if SANITIZE:
     flag = "-fsanitize=" + ",".join(SANITIZE)
     # later -O wins over Python's own CFLAGS and the -O2 above
     compile_args += [flag, "-fno-sanitize-recover=all", "-fno-omit-frame-pointer", "-g", "-O1"]
     compile_args += ["-DNOMYO_SANITIZE_BUILD=1"]
     link_args += [flag]
-    sources.append(_rel("sanitize_selftest.c"))
-    CDEF += SELFTEST_CDEF
-    PREAMBLE += SELFTEST_CDEF
+
+selftest = [_rel("sanitize_selftest.c")] if SANITIZE else []
+
+# ---- nomyo._securemem: cffi, the allocator only
+CDEF = header_section("securemem.h", "")
+if TEST_HOOKS:
+    CDEF += header_section("securemem.h", "TEST_HOOKS_")
+PREAMBLE = '#include "securemem.h"\n'
+if SANITIZE:
+    CDEF += header_section("sanitize_selftest.h", "SELFTEST_")
+    PREAMBLE += '#include "sanitize_selftest.h"\n'
 
 ffibuilder = FFI()
 ffibuilder.cdef(CDEF)
 ffibuilder.set_source(
     "nomyo._securemem",
     PREAMBLE,
-    sources=sources,
+    sources=[_rel("securemem.c"), _rel("primitives.c"), *selftest],
     include_dirs=[_rel(".")],
-    define_macros=[("NOMYO_MAX_NESTING", _max_nesting())],
     extra_compile_args=compile_args,
     extra_link_args=link_args,
-    # pyglue.c defines a type with the buffer protocol and reads str internals:
-    # that needs the full C API, not the limited one cffi picks by default
+    # the limited API would fit (no Python objects here), but an .abi3.so would
+    # sit beside, and lose to, an older build's .cpython-3xx-*.so in a tree
     py_limited_api=False,
 )
 
-if __name__ == "__main__":
+# ---- nomyo._pyglue: a CPython extension module, the full C API
+PYGLUE_SOURCES = ["pyglue.c", "jsonenc.c", "jsondec.c", "b64.c", "primitives.c"]
+
+
+def pyglue_extension() -> Any:
+    """The setuptools Extension for ``nomyo._pyglue`` (setup.py builds it)."""
+    from setuptools import Extension
+
+    return Extension(
+        "nomyo._pyglue",
+        sources=[_rel(name) for name in PYGLUE_SOURCES] + selftest,
+        depends=[_rel(name) for name in sorted(p.name for p in HERE.glob("*.h"))],
+        include_dirs=[_rel(".")],
+        define_macros=[("NOMYO_MAX_NESTING", _max_nesting())],
+        extra_compile_args=compile_args,
+        extra_link_args=link_args,
+    )
+
+
+def _build_out_of_tree() -> None:
+    """Both modules into ./nomyo (the sanitizer lane's build)."""
+    from setuptools import Distribution
+
     ffibuilder.compile(verbose=True)
+    dist = Distribution({"ext_modules": [pyglue_extension()], "script_name": "build.py"})
+    command: Any = dist.get_command_obj("build_ext")
+    command.build_lib = "."
+    command.build_temp = "tmp"
+    command.force = True
+    dist.run_command("build_ext")
+
+
+if __name__ == "__main__":
+    _build_out_of_tree()

@@ -33,9 +33,10 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsondec.h"
 #include "jsonscan.h"
 #include "nesting.h"
-#include "securemem.h"
+#include "primitives.h"
 
 typedef struct {
     const unsigned char *p;

@@ -35,6 +35,7 @@
 #include <Python.h>
 #include <string.h>
 
+#include "jsonenc.h"
 #include "jsonscan.h"
 #include "nesting.h"
 

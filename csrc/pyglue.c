@@ -1,67 +1,73 @@
 /*
- * The Python side of the secure memory, compiled into the same cffi module:
+ * nomyo._pyglue: everything of the native layer that creates or touches
+ * Python objects (see the drawing in pyglue.h):
  *
- * - Region: the type that owns one nomyo_region and exports it through the
- *   buffer protocol.  It counts its exports, so close() can wipe at once and
- *   still never unmap (and let the address be reused for another secret)
- *   while a memoryview of it exists: the mapping goes when the last view is
- *   released.  Nothing else is exposed: no sequence, no bytes conversion.
+ * - Region: the type that exports one region's memory through the buffer
+ *   protocol.  It does not allocate: it holds a buffer of the memory and
+ *   the object whose last reference frees it (cffi objects nomyo._native
+ *   makes: ffi.buffer and ffi.gc).  It counts its
+ *   own exports, so close() can wipe at once and still never let the memory
+ *   go (and the address be reused for another secret) while a memoryview of
+ *   it exists: the memory goes when the last view is released.  Nothing
+ *   else is exposed: no sequence, no bytes conversion.
  * - wipe_object(): zero in place the contents of str / bytes / bytearray /
  *   memoryview / Region, and of the values of dict / list / tuple, skipping
  *   interned, cached and shared objects.
- *
- * These functions need the GIL; cffi releases it around calls, so the one
- * entry point called through cffi (nomyo_py_register) takes it back.
+ * - the JSON codec (jsonenc.c, jsondec.c) and the base64 glue (b64.c).
  */
-#define PY_SSIZE_T_CLEAN
-#include <Python.h>
+#include "pyglue.h"
+
+#include <errno.h>
+
+#include "b64.h"
+#include "jsondec.h"
+#include "jsonenc.h"
 #include "nesting.h"
-#include "securemem.h"
+#include "primitives.h"
+#ifdef NOMYO_SANITIZE_BUILD
+#include "sanitize_selftest.h"
+#endif
 
 typedef struct {
     PyObject_HEAD
-    nomyo_region *region; /* NULL once freed */
+    Py_buffer memory; /* the region's memory; memory.obj is NULL once let go */
+    PyObject *owner;  /* its last reference frees the memory; NULL once let go */
     Py_ssize_t exports;
     int closed;
 } RegionObject;
 
+/* let go of the memory: the owner's last reference frees the region
+ * (nomyo_free zeroes it; cffi calls it without the GIL) */
 static void region_release_memory(RegionObject *self)
 {
-    nomyo_region *r = self->region;
-    self->region = NULL;
-    if (r != NULL) {
-        Py_BEGIN_ALLOW_THREADS
-        nomyo_free(r);
-        Py_END_ALLOW_THREADS
-    }
+    Py_buffer memory = self->memory;
+    PyObject *owner = self->owner;
+    self->memory.obj = NULL;
+    self->memory.buf = NULL;
+    self->memory.len = 0;
+    self->owner = NULL;
+    if (memory.obj != NULL)
+        PyBuffer_Release(&memory);
+    Py_XDECREF(owner);
 }
 
 static PyObject *region_new(PyTypeObject *type, PyObject *args, PyObject *kwds)
 {
-    Py_ssize_t size;
-    int flags = 0;
+    PyObject *memory, *owner;
     RegionObject *self;
-    nomyo_region *r;
-    static char *kwlist[] = {"size", "flags", NULL};
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "n|i", kwlist, &size, &flags))
+    static char *kwlist[] = {"memory", "owner", NULL};
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "OO", kwlist, &memory, &owner))
         return NULL;
-    if (size < 0) {
-        PyErr_SetString(PyExc_ValueError, "size must be >= 0");
-        return NULL;
-    }
     self = (RegionObject *)type->tp_alloc(type, 0);
     if (self == NULL)
         return NULL;
-    Py_BEGIN_ALLOW_THREADS
-    r = nomyo_alloc((size_t)size, flags);
-    Py_END_ALLOW_THREADS
-    if (r == NULL) {
+    if (PyObject_GetBuffer(memory, &self->memory, PyBUF_WRITABLE) != 0) {
+        self->memory.obj = NULL;
         Py_DECREF(self);
-        if (errno == ENOMEM)
-            return PyErr_NoMemory();
-        return PyErr_SetFromErrno(PyExc_OSError);
+        return NULL;
     }
-    self->region = r;
+    Py_INCREF(owner);
+    self->owner = owner;
     return (PyObject *)self;
 }
 
@@ -71,26 +77,37 @@ static void region_dealloc(RegionObject *self)
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
+static int region_open(RegionObject *self)
+{
+    return !self->closed && self->memory.obj != NULL;
+}
+
 static int region_getbuffer(RegionObject *self, Py_buffer *view, int flags)
 {
-    if (self->closed || self->region == NULL) {
+    if (!region_open(self)) {
         view->obj = NULL;
         PyErr_SetString(PyExc_ValueError, "operation on a closed SecureBuffer");
         return -1;
     }
-    if (PyBuffer_FillInfo(view, (PyObject *)self, self->region->data,
-                          (Py_ssize_t)self->region->size, 0, flags) != 0)
+    if (PyBuffer_FillInfo(view, (PyObject *)self, self->memory.buf, self->memory.len, 0,
+                          flags) != 0)
         return -1;
     self->exports++;
     return 0;
 }
 
-static void region_releasebuffer(RegionObject *self, Py_buffer *view)
+/* one export fewer; the memory goes with the last one after a close() */
+static void region_unpin(RegionObject *self)
 {
-    (void)view;
     self->exports--;
     if (self->closed && self->exports == 0)
         region_release_memory(self);
+}
+
+static void region_releasebuffer(RegionObject *self, Py_buffer *view)
+{
+    (void)view;
+    region_unpin(self);
 }
 
 static PyObject *closed_error(void)
@@ -102,9 +119,9 @@ static PyObject *closed_error(void)
 static PyObject *region_wipe(RegionObject *self, PyObject *unused)
 {
     (void)unused;
-    if (self->closed || self->region == NULL)
+    if (!region_open(self))
         return closed_error();
-    nomyo_zero(self->region->data, self->region->size);
+    nomyo_zero(self->memory.buf, (size_t)self->memory.len);
     Py_RETURN_NONE;
 }
 
@@ -114,53 +131,47 @@ static PyObject *region_close(RegionObject *self, PyObject *unused)
     if (self->closed)
         Py_RETURN_NONE;
     self->closed = 1;
-    if (self->region != NULL) {
+    if (self->memory.obj != NULL) {
         if (self->exports == 0)
             region_release_memory(self); /* nomyo_free zeroes the pages */
         else
-            nomyo_zero(self->region->data, self->region->size); /* views stay */
+            nomyo_zero(self->memory.buf, (size_t)self->memory.len); /* views stay */
     }
     Py_RETURN_NONE;
 }
 
 static PyObject *region_fill_random(RegionObject *self, PyObject *unused)
 {
-    int rc;
+    int rc, saved = 0;
+    void *buf;
+    size_t len;
     (void)unused;
-    if (self->closed || self->region == NULL)
+    if (!region_open(self))
         return closed_error();
+    buf = self->memory.buf;
+    len = (size_t)self->memory.len;
+    /* pinned while the GIL is released: a close() from another thread
+     * meanwhile zeroes, but the memory stays ours until region_unpin */
+    self->exports++;
     Py_BEGIN_ALLOW_THREADS
-    rc = nomyo_random(self->region->data, self->region->size);
-    Py_END_ALLOW_THREADS
+    rc = nomyo_random(buf, len);
     if (rc != 0)
+        saved = errno;
+    Py_END_ALLOW_THREADS
+    region_unpin(self);
+    if (rc != 0) {
+        errno = saved;
         return PyErr_SetFromErrno(PyExc_OSError);
+    }
     Py_RETURN_NONE;
 }
 
 static PyObject *region_get_address(RegionObject *self, void *closure)
 {
     (void)closure;
-    if (self->closed || self->region == NULL)
+    if (!region_open(self))
         return closed_error();
-    return PyLong_FromVoidPtr(self->region->data);
-}
-
-static PyObject *region_get_status(RegionObject *self, void *closure)
-{
-    int status;
-    (void)closure;
-    if (self->region == NULL)
-        return PyLong_FromLong(0);
-    status = self->region->status;
-    if (nomyo_forked(self->region))
-        status &= ~NOMYO_S_LOCKED; /* a child does not inherit mlock */
-    return PyLong_FromLong(status);
-}
-
-static PyObject *region_get_lock_errno(RegionObject *self, void *closure)
-{
-    (void)closure;
-    return PyLong_FromLong(self->region != NULL ? self->region->lock_errno : 0);
+    return PyLong_FromVoidPtr(self->memory.buf);
 }
 
 static PyObject *region_get_closed(RegionObject *self, void *closure)
@@ -169,49 +180,44 @@ static PyObject *region_get_closed(RegionObject *self, void *closure)
     return PyBool_FromLong(self->closed);
 }
 
+static PyObject *region_get_owner(RegionObject *self, void *closure)
+{
+    (void)closure;
+    if (self->owner == NULL)
+        Py_RETURN_NONE;
+    Py_INCREF(self->owner);
+    return self->owner;
+}
+
 static PyObject *region_get_exports(RegionObject *self, void *closure)
 {
     (void)closure;
     return PyLong_FromSsize_t(self->exports);
 }
 
-static PyObject *region_get_mapping(RegionObject *self, void *closure)
-{
-    /* (start, end) of the data pages, for finding them in /proc/self/smaps */
-    nomyo_region *r = self->region;
-    size_t ps = nomyo_page_size();
-    (void)closure;
-    if (self->closed || r == NULL)
-        return closed_error();
-    return Py_BuildValue("(NN)", PyLong_FromVoidPtr(r->base + ps),
-                         PyLong_FromVoidPtr(r->base + r->total - ps));
-}
-
 static Py_ssize_t region_length(RegionObject *self)
 {
-    if (self->closed || self->region == NULL) {
+    if (!region_open(self)) {
         closed_error();
         return -1;
     }
-    return (Py_ssize_t)self->region->size;
+    return self->memory.len;
 }
 
 static PyMethodDef region_methods[] = {
     {"_wipe", (PyCFunction)region_wipe, METH_NOARGS, "Zero the data in place."},
     {"_close", (PyCFunction)region_close, METH_NOARGS,
-     "Zero now; unmap now, or when the last exported view is released."},
+     "Zero now; let the memory go now, or when the last exported view is released."},
     {"_fill_random", (PyCFunction)region_fill_random, METH_NOARGS,
-     "Fill the data from the kernel's CSPRNG."},
+     "Fill the data from the kernel's CSPRNG (the region pinned meanwhile)."},
     {NULL, NULL, 0, NULL},
 };
 
 static PyGetSetDef region_getset[] = {
     {"_address", (getter)region_get_address, NULL, NULL, NULL},
-    {"_status", (getter)region_get_status, NULL, NULL, NULL},
-    {"_lock_errno", (getter)region_get_lock_errno, NULL, NULL, NULL},
     {"_closed", (getter)region_get_closed, NULL, NULL, NULL},
+    {"_owner", (getter)region_get_owner, NULL, "the memory's owner while held, else None", NULL},
     {"_exports", (getter)region_get_exports, NULL, NULL, NULL},
-    {"_mapping", (getter)region_get_mapping, NULL, NULL, NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 
@@ -226,13 +232,14 @@ static PyBufferProcs region_as_buffer = {
 
 static PyTypeObject RegionType = {
     PyVarObject_HEAD_INIT(NULL, 0)
-    .tp_name = "nomyo._native.Region",
+    .tp_name = "nomyo._pyglue.Region",
     .tp_basicsize = sizeof(RegionObject),
     .tp_dealloc = (destructor)region_dealloc,
     .tp_as_sequence = &region_as_sequence,
     .tp_as_buffer = &region_as_buffer,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_BASETYPE,
-    .tp_doc = "Guarded, locked memory exported through the buffer protocol.",
+    .tp_doc = "Region(memory, owner): exports a region's memory (a writable buffer) "
+              "through the buffer protocol; the memory is freed when the owner goes.",
     .tp_methods = region_methods,
     .tp_getset = region_getset,
     .tp_new = region_new,
@@ -314,9 +321,9 @@ static Py_ssize_t wipe_any(PyObject *op, Py_ssize_t max_refs, int depth, int *to
 {
     if (PyObject_TypeCheck(op, &RegionType)) {
         RegionObject *r = (RegionObject *)op;
-        if (r->closed || r->region == NULL)
+        if (!region_open(r))
             return 0;
-        nomyo_zero(r->region->data, r->region->size);
+        nomyo_zero(r->memory.buf, (size_t)r->memory.len);
         return 1;
     }
     if (PyByteArray_Check(op))
@@ -379,9 +386,6 @@ static PyObject *py_refcount(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(Py_REFCNT(op));
 }
 
-long long nomyo_b64_decode(const char *in, size_t n, unsigned char *out);
-size_t nomyo_b64_decoded_max(size_t n);
-
 /* b64decode_str(text, reserve) -> bytearray: strict base64 read straight out
  * of an ASCII str (no encoded copy of a multi-megabyte field), into a
  * bytearray with `reserve` bytes of spare capacity (room for a GCM tag). */
@@ -417,9 +421,6 @@ static PyObject *py_b64decode_str(PyObject *module, PyObject *args)
     }
     return out;
 }
-
-size_t nomyo_b64_encoded_len(size_t n);
-void nomyo_b64_encode(const unsigned char *in, size_t n, char *out);
 
 /* pack(pieces) -> bytes: pieces are bytes (copied as they are) or 1-tuples
  * holding a bytes-like object (written as base64); the result is allocated
@@ -482,11 +483,86 @@ done:
     return out;
 }
 
-/* csrc/jsonenc.c */
-PyObject *nomyo_json_size(PyObject *module, PyObject *obj);
-PyObject *nomyo_json_into(PyObject *module, PyObject *args);
-/* csrc/jsondec.c */
-PyObject *nomyo_json_parse(PyObject *module, PyObject *args);
+/* b64encode(buffer) -> bytearray: standard padded base64 */
+static PyObject *py_b64encode(PyObject *module, PyObject *source)
+{
+    Py_buffer in;
+    PyObject *out;
+    (void)module;
+    if (PyObject_GetBuffer(source, &in, PyBUF_C_CONTIGUOUS) != 0)
+        return NULL;
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nomyo_b64_encoded_len((size_t)in.len));
+    if (out != NULL) {
+        char *dst = PyByteArray_AS_STRING(out);
+        Py_BEGIN_ALLOW_THREADS /* both buffers held: they cannot go meanwhile */
+        nomyo_b64_encode(in.buf, (size_t)in.len, dst);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&in);
+    return out;
+}
+
+/* b64decode(buffer) -> bytearray: strict, canonical standard base64 */
+static PyObject *py_b64decode(PyObject *module, PyObject *source)
+{
+    Py_buffer in;
+    PyObject *out;
+    long long written;
+    (void)module;
+    if (PyObject_GetBuffer(source, &in, PyBUF_C_CONTIGUOUS) != 0)
+        return NULL;
+    out = PyByteArray_FromStringAndSize(NULL, (Py_ssize_t)nomyo_b64_decoded_max((size_t)in.len));
+    if (out == NULL) {
+        PyBuffer_Release(&in);
+        return NULL;
+    }
+    {
+        unsigned char *dst = (unsigned char *)PyByteArray_AS_STRING(out);
+        Py_BEGIN_ALLOW_THREADS
+        written = nomyo_b64_decode(in.buf, (size_t)in.len, dst);
+        Py_END_ALLOW_THREADS
+    }
+    PyBuffer_Release(&in);
+    if (written < 0) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
+        return NULL;
+    }
+    if (PyByteArray_Resize(out, (Py_ssize_t)written) != 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
+static PyObject *py_scrub_stack(PyObject *module, PyObject *unused)
+{
+    (void)module;
+    (void)unused;
+    nomyo_scrub_stack();
+    Py_RETURN_NONE;
+}
+
+#ifdef NOMYO_SANITIZE_BUILD
+/* the sanitizer lane's positive controls, for this module's instrumentation */
+static PyObject *py_selftest_heap_read(PyObject *module, PyObject *args)
+{
+    Py_ssize_t size, index;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "nn", &size, &index))
+        return NULL;
+    return PyLong_FromLong(nomyo_selftest_heap_read((size_t)size, (size_t)index));
+}
+
+static PyObject *py_selftest_shift(PyObject *module, PyObject *args)
+{
+    int value, by;
+    (void)module;
+    if (!PyArg_ParseTuple(args, "ii", &value, &by))
+        return NULL;
+    return PyLong_FromLong(nomyo_selftest_shift(value, by));
+}
+#endif
 
 static PyMethodDef glue_functions[] = {
     {"json_size", nomyo_json_size, METH_O, "json_size(obj) -> bytes of its compact UTF-8 JSON"},
@@ -497,44 +573,53 @@ static PyMethodDef glue_functions[] = {
     {"pack", py_pack, METH_O, "pack(pieces) -> bytes; (buffer,) pieces as base64"},
     {"b64decode_str", py_b64decode_str, METH_VARARGS,
      "b64decode_str(text, reserve) -> bytearray, strict standard base64"},
+    {"b64encode", py_b64encode, METH_O, "b64encode(buffer) -> bytearray, standard base64"},
+    {"b64decode", py_b64decode, METH_O,
+     "b64decode(buffer) -> bytearray; ValueError unless strict standard base64"},
     {"wipe_object", py_wipe_object, METH_VARARGS,
      "wipe_object(obj, max_refs) -> number of objects zeroed in place"},
     {"refcount", py_refcount, METH_VARARGS,
      "refcount(obj, max_refs) -> the reference count as wipe_object sees it"},
+    {"scrub_stack", py_scrub_stack, METH_NOARGS,
+     "scrub_stack() -> None: zero the vector registers and 32 KiB of stack below"},
+#ifdef NOMYO_SANITIZE_BUILD
+    {"_selftest_heap_read", py_selftest_heap_read, METH_VARARGS, NULL},
+    {"_selftest_shift", py_selftest_shift, METH_VARARGS, NULL},
+#endif
     {NULL, NULL, 0, NULL},
 };
 
-/* Put Region, wipe_object and refcount into the dict at `namespace`
- * (the address of a dict, from id()).  Returns 0, or -1 with a Python
- * exception set (and printed, since cffi cannot carry it). */
-int nomyo_py_register(void *namespace)
+static struct PyModuleDef pyglue_module = {
+    PyModuleDef_HEAD_INIT,
+    .m_name = "nomyo._pyglue",
+    .m_doc = "nomyo's native code that touches Python objects (see csrc/pyglue.h).",
+    .m_size = -1,
+    .m_methods = glue_functions,
+};
+
+PyMODINIT_FUNC PyInit__pyglue(void)
 {
-    PyGILState_STATE gil = PyGILState_Ensure();
-    PyObject *ns = (PyObject *)namespace;
-    PyMethodDef *def;
-    int rc = -1;
-    if (!PyDict_Check(ns)) {
-        PyErr_SetString(PyExc_TypeError, "namespace must be a dict");
-        goto done;
-    }
+    PyObject *module;
     if (PyType_Ready(&RegionType) != 0)
-        goto done;
-    if (PyDict_SetItemString(ns, "Region", (PyObject *)&RegionType) != 0)
-        goto done;
-    for (def = glue_functions; def->ml_name != NULL; def++) {
-        PyObject *fn = PyCFunction_New(def, NULL);
-        if (fn == NULL)
-            goto done;
-        if (PyDict_SetItemString(ns, def->ml_name, fn) != 0) {
-            Py_DECREF(fn);
-            goto done;
-        }
-        Py_DECREF(fn);
+        return NULL;
+    module = PyModule_Create(&pyglue_module);
+    if (module == NULL)
+        return NULL;
+    Py_INCREF(&RegionType);
+    if (PyModule_AddObject(module, "Region", (PyObject *)&RegionType) != 0) {
+        Py_DECREF(&RegionType);
+        Py_DECREF(module);
+        return NULL;
     }
-    rc = 0;
-done:
-    if (rc != 0)
-        PyErr_Print();
-    PyGILState_Release(gil);
-    return rc;
+    if (PyModule_AddIntConstant(module, "SANITIZE_BUILD",
+#ifdef NOMYO_SANITIZE_BUILD
+                                1
+#else
+                                0
+#endif
+                                ) != 0) {
+        Py_DECREF(module);
+        return NULL;
+    }
+    return module;
 }

@@ -1,12 +1,14 @@
 /*
  * Test-only entry points for the sanitizer lane (make sanitize): they let
- * tests/test_sanitize.py show that the build is instrumented and that a
- * report ends the process.  csrc/build.py compiles this file only with
- * NOMYO_SANITIZE set; the normal extension never contains it.
+ * tests/test_sanitize.py show that each module of the build is instrumented
+ * and that a report ends the process.  csrc/build.py compiles this file
+ * only with NOMYO_SANITIZE set; the normal extensions never contain it.
  */
 #ifndef NOMYO_SANITIZE_BUILD
 #error "sanitize_selftest.c belongs to the NOMYO_SANITIZE build only"
 #endif
+
+#include "sanitize_selftest.h"
 
 #include <stdlib.h>
 #include <string.h>

@@ -1,8 +1,10 @@
-/* Guarded, locked allocation, zeroing and random fill.  See securemem.h. */
+/* Guarded, locked allocation and the free-region cache: the one place that
+ * holds allocator state (see securemem.h, and pyglue.h for the boundary). */
 #ifndef _GNU_SOURCE
 #define _GNU_SOURCE
 #endif
 #include "securemem.h"
+#include "primitives.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -13,12 +15,6 @@
 #include <sys/mman.h>
 #include <sys/syscall.h>
 #include <unistd.h>
-
-#if defined(__GLIBC__) && (__GLIBC__ > 2 || (__GLIBC__ == 2 && __GLIBC_MINOR__ >= 25))
-#include <sys/random.h>
-#define HAVE_GETRANDOM_FN 1
-#define HAVE_EXPLICIT_BZERO_FN 1
-#endif
 
 #if !defined(SYS_memfd_secret) && defined(__linux__) && \
     (defined(__x86_64__) || defined(__aarch64__) || defined(__riscv) || defined(__s390x__))
@@ -43,13 +39,13 @@ static int unlock_range(const void *p, size_t n)
 #endif
 
 const int NOMYO_HAVE_GETRANDOM =
-#if defined(HAVE_GETRANDOM_FN) || defined(SYS_getrandom)
+#if defined(NOMYO_HAVE_GETRANDOM_FN) || defined(SYS_getrandom)
     1;
 #else
     0;
 #endif
 const int NOMYO_HAVE_EXPLICIT_BZERO =
-#ifdef HAVE_EXPLICIT_BZERO_FN
+#ifdef NOMYO_HAVE_EXPLICIT_BZERO_FN
     1;
 #else
     0;
@@ -86,112 +82,15 @@ static nomyo_region *cache[NOMYO_CACHE_SLOTS];
 static size_t cache_count;
 static size_t cache_pages;
 
+#ifdef NOMYO_TEST_HOOKS
+/* the debug capture (test builds only): frees run without the GIL, from
+ * any thread, so every access goes through debug_lock */
+static pthread_mutex_t debug_lock = PTHREAD_MUTEX_INITIALIZER;
 static unsigned char *debug_dst;
 static size_t debug_cap;
 static size_t debug_len;
 static int debug_before;
-
-void nomyo_zero(void *p, size_t n)
-{
-    if (n == 0)
-        return;
-#ifdef HAVE_EXPLICIT_BZERO_FN
-    explicit_bzero(p, n);
-#else
-    memset(p, 0, n);
-    __asm__ __volatile__("" : : "r"(p) : "memory");
 #endif
-}
-
-/* Vector registers: memcpy and friends move data through them, and whatever
- * they hold is written to the stack whenever something saves them (the
- * dynamic linker's lazy binding, XSAVE in a signal frame).  glibc's AVX-512
- * (EVEX) routines use ymm16-31, which vzeroall does not touch. */
-#if defined(__x86_64__) && defined(__GNUC__)
-__attribute__((target("avx"), noinline)) static void clear_avx(void)
-{
-    __asm__ __volatile__("vzeroall" ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6",
-                         "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14",
-                         "xmm15", "memory");
-}
-
-__attribute__((target("avx512f"), noinline)) static void clear_avx512_upper(void)
-{
-    __asm__ __volatile__(
-        "vpxord %%zmm16, %%zmm16, %%zmm16\n\tvpxord %%zmm17, %%zmm17, %%zmm17\n\t"
-        "vpxord %%zmm18, %%zmm18, %%zmm18\n\tvpxord %%zmm19, %%zmm19, %%zmm19\n\t"
-        "vpxord %%zmm20, %%zmm20, %%zmm20\n\tvpxord %%zmm21, %%zmm21, %%zmm21\n\t"
-        "vpxord %%zmm22, %%zmm22, %%zmm22\n\tvpxord %%zmm23, %%zmm23, %%zmm23\n\t"
-        "vpxord %%zmm24, %%zmm24, %%zmm24\n\tvpxord %%zmm25, %%zmm25, %%zmm25\n\t"
-        "vpxord %%zmm26, %%zmm26, %%zmm26\n\tvpxord %%zmm27, %%zmm27, %%zmm27\n\t"
-        "vpxord %%zmm28, %%zmm28, %%zmm28\n\tvpxord %%zmm29, %%zmm29, %%zmm29\n\t"
-        "vpxord %%zmm30, %%zmm30, %%zmm30\n\tvpxord %%zmm31, %%zmm31, %%zmm31"
-        ::: "xmm16", "xmm17", "xmm18", "xmm19", "xmm20", "xmm21", "xmm22", "xmm23", "xmm24",
-        "xmm25", "xmm26", "xmm27", "xmm28", "xmm29", "xmm30", "xmm31", "memory");
-}
-
-__attribute__((noinline)) static void clear_sse(void)
-{
-    __asm__ __volatile__(
-        "pxor %%xmm0, %%xmm0\n\tpxor %%xmm1, %%xmm1\n\tpxor %%xmm2, %%xmm2\n\t"
-        "pxor %%xmm3, %%xmm3\n\tpxor %%xmm4, %%xmm4\n\tpxor %%xmm5, %%xmm5\n\t"
-        "pxor %%xmm6, %%xmm6\n\tpxor %%xmm7, %%xmm7\n\tpxor %%xmm8, %%xmm8\n\t"
-        "pxor %%xmm9, %%xmm9\n\tpxor %%xmm10, %%xmm10\n\tpxor %%xmm11, %%xmm11\n\t"
-        "pxor %%xmm12, %%xmm12\n\tpxor %%xmm13, %%xmm13\n\tpxor %%xmm14, %%xmm14\n\t"
-        "pxor %%xmm15, %%xmm15"
-        ::: "xmm0", "xmm1", "xmm2", "xmm3", "xmm4", "xmm5", "xmm6", "xmm7", "xmm8", "xmm9",
-        "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15", "memory");
-}
-#endif
-
-void nomyo_clear_vector_registers(void)
-{
-#if defined(__x86_64__) && defined(__GNUC__)
-    if (__builtin_cpu_supports("avx512f"))
-        clear_avx512_upper();
-    if (__builtin_cpu_supports("avx"))
-        clear_avx();
-    else
-        clear_sse();
-#endif
-}
-
-/* Zero the vector registers, then NOMYO_SCRUB_BYTES of this thread's stack
- * below the caller's frame, where the frames of a call just returned
- * (OpenSSL's AES-GCM, RSA, a memcpy's register spill) may have left blocks
- * of plaintext or key material. */
-__attribute__((noinline)) void nomyo_scrub_stack(void)
-{
-    unsigned char area[NOMYO_SCRUB_BYTES];
-    nomyo_clear_vector_registers();
-    nomyo_zero(area, sizeof area);
-    __asm__ __volatile__("" : : "r"(area) : "memory");
-}
-
-int nomyo_random(void *p, size_t n)
-{
-    unsigned char *out = p;
-    while (n > 0) {
-        size_t chunk = n > 33554431 ? 33554431 : n;
-        ssize_t got;
-#ifdef HAVE_GETRANDOM_FN
-        got = getrandom(out, chunk, 0);
-#elif defined(SYS_getrandom)
-        got = syscall(SYS_getrandom, out, chunk, 0);
-#else
-        errno = ENOSYS;
-        got = -1;
-#endif
-        if (got < 0) {
-            if (errno == EINTR)
-                continue;
-            return -1;
-        }
-        out += got;
-        n -= (size_t)got;
-    }
-    return 0;
-}
 
 static void forget_cache_in_child(void)
 {
@@ -207,6 +106,9 @@ static void forget_cache_in_child(void)
     }
     cache_count = 0;
     cache_pages = 0;
+#ifdef NOMYO_TEST_HOOKS
+    pthread_mutex_init(&debug_lock, NULL);
+#endif
 }
 
 static void do_init(void)
@@ -489,15 +391,23 @@ static int canary_intact(const nomyo_region *r)
     return diff == 0;
 }
 
-static void capture(const nomyo_region *r)
+#ifdef NOMYO_TEST_HOOKS
+static void capture(const nomyo_region *r, int before_zero)
 {
     /* appends: every free while the hook is on, until the scratch area is full */
     size_t n = r->total - 2 * page_size;
-    if (n > debug_cap - debug_len)
-        n = debug_cap - debug_len;
-    memcpy(debug_dst + debug_len, r->base + page_size, n);
-    debug_len += n;
+    pthread_mutex_lock(&debug_lock);
+    if (debug_dst != NULL && debug_before == before_zero) {
+        if (n > debug_cap - debug_len)
+            n = debug_cap - debug_len;
+        memcpy(debug_dst + debug_len, r->base + page_size, n);
+        debug_len += n;
+    }
+    pthread_mutex_unlock(&debug_lock);
 }
+#else
+#define capture(r, before_zero) ((void)0)
+#endif
 
 void nomyo_free(nomyo_region *r)
 {
@@ -517,26 +427,32 @@ void nomyo_free(nomyo_region *r)
     }
     if (!canary_intact(r))
         corrupted(r);
-    if (debug_dst != NULL && debug_before)
-        capture(r);
+    capture(r, 1);
     nomyo_zero(data_start, data_pages);
-    if (debug_dst != NULL && !debug_before)
-        capture(r);
+    capture(r, 0);
     if (!(r->flags & (NOMYO_F_SECRET | NOMYO_F_NOCACHE)) && (r->status & NOMYO_S_LOCKED) &&
         cache_give(r))
         return;
     unmap_region(r);
 }
 
+#ifdef NOMYO_TEST_HOOKS
 void nomyo_debug_capture(unsigned char *dst, size_t cap, int before_zero)
 {
+    pthread_mutex_lock(&debug_lock);
     debug_dst = dst;
     debug_cap = dst != NULL ? cap : 0;
     debug_before = before_zero;
     debug_len = 0;
+    pthread_mutex_unlock(&debug_lock);
 }
 
 size_t nomyo_debug_captured(void)
 {
-    return debug_len;
+    size_t n;
+    pthread_mutex_lock(&debug_lock);
+    n = debug_len;
+    pthread_mutex_unlock(&debug_lock);
+    return n;
 }
+#endif

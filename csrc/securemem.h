@@ -36,6 +36,12 @@
  * cache is dropped whenever mlock runs short and in a forked child.
  *
  * Functions return 0 / -1 with errno, or a pointer / NULL with errno.
+ *
+ * This file is also the cffi declaration of the nomyo._securemem module:
+ * csrc/build.py hands what lies between the NOMYO_CDEF markers to
+ * ffi.cdef() as it is (so nothing there may need the preprocessor beyond
+ * integer #defines), and the test-hook section only to test builds.
+ * Zeroing, random fill and stack scrubbing are in primitives.h.
  */
 #ifndef NOMYO_SECUREMEM_H
 #define NOMYO_SECUREMEM_H
@@ -43,6 +49,7 @@
 #include <stddef.h>
 #include <stdint.h>
 
+/* NOMYO_CDEF_BEGIN */
 #define NOMYO_CANARY_BYTES 16
 #define NOMYO_GARBAGE_BYTE 0xdb
 #define NOMYO_CACHE_SLOTS 32
@@ -82,21 +89,19 @@ int nomyo_init(void);
 size_t nomyo_page_size(void);
 nomyo_region *nomyo_alloc(size_t size, int flags);
 void nomyo_free(nomyo_region *r);
-void nomyo_zero(void *p, size_t n);
-
-/* how much stack nomyo_scrub_stack() zeroes */
-#define NOMYO_SCRUB_BYTES (32 * 1024)
-void nomyo_scrub_stack(void);
-void nomyo_clear_vector_registers(void);
-int nomyo_random(void *p, size_t n);
 int nomyo_memfd_secret_usable(void);
 int nomyo_forked(const nomyo_region *r);
 size_t nomyo_cache_trim(void);
 size_t nomyo_cache_pages(void);
+/* NOMYO_CDEF_END */
 
+#ifdef NOMYO_TEST_HOOKS
+/* NOMYO_CDEF_TEST_HOOKS_BEGIN */
 /* test hook: on every free, append the data pages (after zeroing, or before
  * when before_zero is set) to dst, up to cap bytes in all; NULL turns it off */
 void nomyo_debug_capture(unsigned char *dst, size_t cap, int before_zero);
 size_t nomyo_debug_captured(void);
+/* NOMYO_CDEF_TEST_HOOKS_END */
+#endif
 
 #endif

@@ -100,11 +100,18 @@ def make_tls(folder: Path) -> dict[str, Path]:
 
 
 def stop(endpoint: Endpoint) -> None:
-    endpoint.process.terminate()
+    stop_process(endpoint.process)
+
+
+def stop_process(process: subprocess.Popen[str]) -> None:
+    """Terminate a server subprocess and wait for it (killed after 15 s)."""
+    if process.poll() is None:
+        process.terminate()
     try:
-        endpoint.process.wait(timeout=15)
+        process.wait(timeout=15)
     except subprocess.TimeoutExpired:  # pragma: no cover
-        endpoint.process.kill()
+        process.kill()
+        process.wait()
 
 
 def request_headers(client_key: rsa.RSAPrivateKey, **overrides: str | None) -> dict[str, str]:

@@ -5,6 +5,7 @@ Misbehaving routers are in test_client_faults.py."""
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 import logging
 import os
@@ -180,8 +181,10 @@ def test_key_dir_that_does_not_load_is_never_regenerated(tmp_path: Path, damage:
 def test_secure_completion_client_methods(server: Endpoint, tmp_path: Path) -> None:
     async def go() -> None:
         client = nomyo.SecureCompletionClient(server.url)
-        client._core.verify = str(server.ca)  # the published signature has no verify=
-        client._core.api_key = API_KEY
+        # the published signature has no verify= or api_key=
+        client._core.config = dataclasses.replace(
+            client._core.config, verify=str(server.ca), api_key=API_KEY
+        )
         client.generate_keys(save_to_file=True, key_dir=str(tmp_path / "k"), password="pw")
         assert (tmp_path / "k" / "private_key.pem").exists()
         with pytest.raises(FileExistsError):

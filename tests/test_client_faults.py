@@ -50,7 +50,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.responses import StreamingResponse
 
 import nomyo
-from nomyo import _client, _hybrid, _keys
+from nomyo import _client, _hybrid, _keys, _transport
 from nomyo._constants import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE, RETRY_AFTER_CAP
 from tests.faults import (
     FaultRouter,
@@ -300,7 +300,7 @@ def test_connection_failures_are_retried(
         api.router.restart()  # same key, same port
         return 0.0
 
-    monkeypatch.setattr(_client, "retry_delay", bring_the_router_back)
+    monkeypatch.setattr(_transport, "retry_delay", bring_the_router_back)
 
     assert content(api.create(client, "after the outage")) == "after the outage"
     assert attempts == [0]  # one failed attempt that reached no router, then the retry
@@ -725,3 +725,27 @@ def test_each_event_loop_closes_its_pool(
     finally:
         gc.enable()
         stop_router(router)
+
+
+# ---------------------------------------------------------------- the process check
+
+
+def test_the_process_is_checked_once_per_request(
+    api: Api, monkeypatch: pytest.MonkeyPatch, sleeps: Callable[..., list[float]]
+) -> None:
+    # one check before anything is sent, not one per key fetch, seal and open;
+    # the count of 1 (not 0) also shows the counter sees the check
+    sleeps()
+    checks: list[int] = []
+    check = _client._Core.check_process
+
+    def counted(core: Any) -> None:
+        checks.append(1)
+        check(core)
+
+    monkeypatch.setattr(_client._Core, "check_process", counted)
+    api.router.script = [status(503), ok()]  # a router key fetch and two attempts
+    client = api.client(max_retries=1)
+    assert content(api.create(client, "checked once")) == "checked once"
+    assert len(api.router.posts) == 2 and api.router.key_fetches == 1
+    assert checks == [1]

@@ -10,48 +10,24 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 import uuid
 from pathlib import Path
 
 import pytest
 
+from tests import interop
 from tests.conftest import ROOT
 from tests.servers import API_KEY, Endpoint
 
 pytestmark = pytest.mark.interop
 
-PUBLISHED = "nomyo==0.2.9"
-VENV = ROOT / ".venv-interop"
 UUID4 = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-4[0-9a-f]{3}-[89ab][0-9a-f]{3}-[0-9a-f]{12}$")
-
-
-def _published_version(python: Path) -> str | None:
-    if not python.exists():
-        return None
-    probe = subprocess.run(
-        [str(python), "-c", "import importlib.metadata as m; print(m.version('nomyo'))"],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
-    return probe.stdout.strip() if probe.returncode == 0 else None
 
 
 @pytest.fixture(scope="session")
 def published_python() -> Path:
-    python = VENV / "bin" / "python"
-    if _published_version(python) != PUBLISHED.split("==")[1]:
-        subprocess.run([sys.executable, "-m", "venv", "--clear", str(VENV)], check=True)
-        pip = [str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check"]
-        subprocess.run(
-            [*pip, PUBLISHED],
-            check=True,
-            timeout=600,
-        )
-    assert _published_version(python) == PUBLISHED.split("==")[1]
-    return python
+    return interop.published_python()
 
 
 def test_published_client_against_nomyo_serve(

@@ -10,6 +10,8 @@ import os
 import shutil
 import stat
 import subprocess
+import threading
+import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -509,7 +511,7 @@ def test_missing_file(tmp_path: Path) -> None:
 
 def test_oversized_file_is_not_a_key_file(tmp_path: Path) -> None:
     path = write_file(tmp_path / "big.pem", b"A" * (_keys.MAX_KEY_FILE_BYTES + 1), 0o600)
-    with pytest.raises(ValueError, match="not a key file"):
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than"):
         _keys.load_private_key(path)
 
 
@@ -522,6 +524,121 @@ def test_directories_and_fifos_are_refused_without_blocking(tmp_path: Path) -> N
     os.mkfifo(fifo, 0o600)
     with pytest.raises(ValueError, match="not a regular file"):
         _keys.load_private_key(fifo)
+
+
+# ---------------------------------------------------------------- owner, type, size of any key file
+
+OTHER_UID = 65534  # nobody
+needs_root = pytest.mark.skipif(os.geteuid() != 0, reason="chown to another uid needs root")
+
+
+def finishes_quickly(call: Callable[[], object], seconds: float = 5.0) -> BaseException:
+    """The exception ``call`` raises, failing the test if it blocks (a FIFO read)."""
+    result: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            call()
+        except BaseException as exc:  # handed to the test
+            result.append(exc)
+
+    thread = threading.Thread(target=run, daemon=True)
+    started = time.monotonic()
+    thread.start()
+    thread.join(seconds)
+    assert not thread.is_alive(), f"blocked for more than {seconds} s"
+    assert result, "no error raised"
+    assert time.monotonic() - started < seconds
+    return result[0]
+
+
+@needs_root
+def test_key_files_owned_by_another_user_are_refused(
+    key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    private = write_file(tmp_path / "id.pem", plain_pem(key), 0o600)
+    public = tmp_path / "id.pub.pem"
+    _keys.save_public_key(key, public)
+    # the control: the user's own files load
+    assert _keys.load_private_key(private).private_numbers() == key.private_numbers()
+    assert _keys.fingerprint(_keys.load_public_key_file(public)) == _keys.fingerprint(key)
+    for path in (private, public):
+        os.chown(path, OTHER_UID, OTHER_UID)
+    with pytest.raises(SecurityError, match="owned by uid 65534") as caught:
+        _keys.load_private_key(private)
+    assert str(private) in str(caught.value)
+    assert_no_secret(caught.value, key)
+    with pytest.raises(SecurityError, match="owned by uid 65534") as caught:
+        _keys.load_public_key_file(public)
+    assert str(public) in str(caught.value)
+    with pytest.raises(SecurityError, match="owned by uid 65534"):
+        _keys.read_key_file(public)
+
+
+@needs_root
+def test_client_key_dir_owned_by_another_user_is_refused_and_kept(
+    key: rsa.RSAPrivateKey, tmp_path: Path
+) -> None:
+    import nomyo
+
+    folder = tmp_path / "keys"
+    _keys.save_private_key(key, folder / "private_key.pem")
+    _keys.save_public_key(key, folder / "public_key.pem")
+    before = {p.name: (p.read_bytes(), p.stat().st_ino) for p in folder.iterdir()}
+    options = {"key_dir": folder, "max_retries": 0}
+    nomyo.SyncSecureChatCompletion("https://127.0.0.1:9", **options).close()  # control: loads
+    os.chown(folder / "private_key.pem", OTHER_UID, OTHER_UID)
+    with pytest.raises(ValueError, match="owned by uid 65534"):
+        nomyo.SyncSecureChatCompletion("https://127.0.0.1:9", **options)
+    after = {p.name: (p.read_bytes(), p.stat().st_ino) for p in folder.iterdir()}
+    assert after == before  # nothing regenerated, replaced or added
+
+
+@pytest.mark.parametrize("loader", ["private", "public", "read"])
+def test_dev_zero_and_fifos_are_refused_quickly(
+    tmp_path: Path, key: rsa.RSAPrivateKey, loader: str
+) -> None:
+    load: Callable[[Path], object] = {
+        "private": _keys.load_private_key,
+        "public": _keys.load_public_key_file,
+        "read": _keys.read_key_file,
+    }[loader]
+    zero = tmp_path / "public_key.pem"
+    zero.symlink_to("/dev/zero")
+    fifo = tmp_path / "fifo.pem"
+    os.mkfifo(fifo, 0o600)
+    directory = tmp_path / "dir.pem"
+    directory.mkdir(mode=0o700)
+    for path in (zero, fifo, directory):
+        caught = finishes_quickly(lambda: load(path))  # noqa: B023 - called at once
+        assert isinstance(caught, ValueError), repr(caught)
+        assert "not a regular file" in str(caught) and str(path) in str(caught)
+    # the control: a real key file at the same kind of path loads
+    real = tmp_path / "real.pem"
+    if loader == "private":
+        write_file(real, plain_pem(key), 0o600)
+    else:
+        _keys.save_public_key(key, real)
+    assert load(real)
+
+
+def test_oversized_public_key_file_is_refused(key: rsa.RSAPrivateKey, tmp_path: Path) -> None:
+    pem = _keys.public_pem(key)
+    path = write_file(tmp_path / "big.pem", pem + b"\n" * _keys.MAX_KEY_FILE_BYTES, 0o644)
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than") as caught:
+        _keys.load_public_key_file(path)
+    assert str(path) in str(caught.value)
+    with pytest.raises(ValueError, match=r"is not a .*key file: .* bytes, more than"):
+        _keys.read_key_file(path)
+    # the control: the same key without the padding loads
+    small = write_file(tmp_path / "small.pem", pem + b"\n" * 16, 0o644)
+    assert _keys.fingerprint(_keys.load_public_key_file(small)) == _keys.fingerprint(key)
+
+
+def test_public_key_file_that_is_not_a_key(tmp_path: Path) -> None:
+    path = write_file(tmp_path / "pub.pem", b"not a key\n", 0o644)
+    with pytest.raises(ValueError, match=r"public key file .*pub\.pem"):
+        _keys.load_public_key_file(path)
 
 
 def test_garbage_file_is_a_value_error(tmp_path: Path) -> None:
@@ -750,3 +867,21 @@ def test_nothing_is_written_when_the_file_exists(
     with pytest.raises(FileExistsError):
         _keys.save_private_key(key, path)
     assert opened == []
+
+
+def test_cli_fingerprint_refuses_dev_zero_quickly(
+    key: rsa.RSAPrivateKey, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from nomyo._cli import main
+
+    zero = tmp_path / "public_key.pem"
+    zero.symlink_to("/dev/zero")
+    started = time.monotonic()
+    assert main(["keys", "fingerprint", str(zero)]) == 2
+    assert time.monotonic() - started < 5
+    err = capsys.readouterr().err
+    assert "not a regular file" in err and str(zero) in err
+    real = tmp_path / "real.pem"  # the control
+    _keys.save_public_key(key, real)
+    assert main(["keys", "fingerprint", str(real)]) == 0
+    assert capsys.readouterr().out.strip() == _keys.fingerprint(key)

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from tests.conftest import native_only, needs_root, run_python
 
 pytestmark = [native_only, needs_root]
@@ -104,3 +106,40 @@ result = dict(fits=fits.secret_memory, too_big=too_big.secret_memory,
     assert result["too_big"] is False and result["too_big_locked"] is False
     causes = sorted(message.split(" (")[0] for _, message in result["warnings"])
     assert causes == ["nomyo could not lock secure memory", "nomyo could not use memfd_secret"]
+
+
+def test_lock_budget_measures_the_limit_and_what_is_locked() -> None:
+    # nomyo doctor's numbers: 64 KiB leave no room for a request's prompt;
+    # the control in the same process: a locked buffer shows in `locked`
+    result = run_limited(
+        """
+from nomyo.memory import lock_budget
+before = lock_budget()
+buf = nomyo.SecureBuffer(16 * 1024)
+after = lock_budget()
+result = dict(
+    before=[before.cap_ipc_lock, before.limit, before.locked, before.per_request, before.enough],
+    after_locked=after.locked,
+    buffer_locked=buf.locked,
+)
+"""
+    )
+    cap, limit, locked, per_request, enough = result["before"]
+    assert cap is False and limit == LIMIT and enough is False
+    assert per_request == max(0, (LIMIT - locked - 64 * 1024) // 2) == 0
+    assert result["buffer_locked"] is True and result["after_locked"] > locked
+
+
+def test_lock_budget_with_cap_ipc_lock_has_no_limit() -> None:
+    # root here (needs_root): CAP_IPC_LOCK, so no limit applies, whatever RLIMIT_MEMLOCK says
+    from pathlib import Path
+
+    from nomyo.memory import lock_budget
+
+    status = Path("/proc/self/status").read_text()
+    cap_eff = int(next(x for x in status.splitlines() if x.startswith("CapEff:")).split()[1], 16)
+    if not cap_eff & (1 << 14):
+        pytest.skip("root without CAP_IPC_LOCK (a restricted container)")
+    budget = lock_budget()
+    assert budget.cap_ipc_lock and budget.limit is None and budget.per_request is None
+    assert budget.enough

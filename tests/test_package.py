@@ -12,11 +12,13 @@ import pytest
 
 import nomyo
 from tests.conftest import ROOT
+from tests.test_native_boundary import compiled_modules, hooks_in
 
 EXPECTED = {
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncSecureTransport",
     "AuthenticationError",
     "ForbiddenError",
     "InvalidRequestError",
@@ -27,6 +29,7 @@ EXPECTED = {
     "SecureChatCompletion",
     "SecureCompletionClient",
     "SecureMemoryWarning",
+    "SecureTransport",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
@@ -104,7 +107,11 @@ def test_pip_install_builds_the_extension(tmp_path: Path) -> None:
     target = tmp_path / "site"
     proc = _pip_install(target, {"NOMYO_REQUIRE_EXTENSION": "1"})
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert list((target / "nomyo").glob("_securemem*.so"))
+    for module in compiled_modules(target / "nomyo"):  # _securemem (cffi) and _pyglue
+        # no test hooks in what ships (control: tests/test_native_boundary.py
+        # finds them in this venv's test build with the same check)
+        assert hooks_in(module) == {"bytes": [], "dlsym": []}, module
+    assert (target / "nomyo" / "_pyglue.pyi").exists()
     assert not list((target / "nomyo").glob("*.c")) and not (target / "csrc").exists()
     assert (target / "nomyo" / "py.typed").exists()
     shown = _import_from(target)
@@ -119,6 +126,7 @@ def test_install_without_a_c_compiler_still_works(tmp_path: Path) -> None:
     proc = _pip_install(target, {"CC": "/bin/false", "LDSHARED": "/bin/false"})
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert not list((target / "nomyo").glob("_securemem*.so"))
+    assert not list((target / "nomyo").glob("_pyglue*.so"))
     shown = _import_from(target)
     assert shown.returncode == 0, shown.stderr
     assert shown.stdout.split()[1] == "python"

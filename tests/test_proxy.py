@@ -577,3 +577,120 @@ def test_misuse(server: Endpoint, key_dir: Path) -> None:
         create_proxy_app(client, api_key="")
     with pytest.raises(TypeError, match="api_key"):
         create_proxy_app(client, api_key=b"key")  # type: ignore[arg-type]
+
+
+# ---------------------------------------------------------------- the Host guard, as a library
+
+
+def _health(app: Starlette, host: str | None) -> httpx.Response:
+    """GET /health straight into ``app`` (no server, no nomyo CLI) with this Host."""
+
+    async def go() -> httpx.Response:
+        transport = httpx.ASGITransport(app=app)
+        async with httpx.AsyncClient(transport=transport, base_url="http://127.0.0.1") as http:
+            request = http.build_request("GET", "/health")
+            if host is None:
+                del request.headers["host"]
+            else:
+                request.headers["host"] = host
+            return await http.send(request)
+
+    return asyncio.run(go())
+
+
+FOREIGN_HOSTS = [
+    "attacker.example",
+    "attacker.example:8080",
+    "127.0.0.1.nip.io:8080",
+    "localhost.attacker.example",
+    "192.168.1.2:8080",
+    "0.0.0.0:8080",
+    "127.0.0.1:abc",
+    "[::1]x",
+    "",
+]
+LOOPBACK_HOSTS = [
+    "localhost",
+    "localhost:8080",
+    "LOCALHOST:1",
+    "127.0.0.1",
+    "127.0.0.1:8080",
+    "[::1]",
+    "[::1]:8080",
+]
+
+
+@pytest.fixture(scope="module")
+def library_client(key_dir: Path) -> Iterator[nomyo.SecureChatCompletion]:
+    client = nomyo.SecureChatCompletion("https://127.0.0.1:9", key_dir=key_dir, max_retries=0)
+    yield client
+    asyncio.run(client.aclose())
+
+
+@pytest.mark.parametrize("host", FOREIGN_HOSTS)
+def test_library_app_refuses_foreign_hosts(
+    library_client: nomyo.SecureChatCompletion, host: str
+) -> None:
+    app = create_proxy_app(library_client)
+    response = _health(app, host)
+    error = assert_openai_error(response, 400, "invalid_request_error")
+    assert "Host" in error["message"]
+    # a foreign Host never gets as far as reading the body
+    chat_request = httpx.Request(
+        "POST", "http://127.0.0.1/v1/chat/completions", json=chat("x"), headers={"Host": host}
+    )
+    answer = asyncio.run(_send(app, chat_request))
+    assert answer.status_code == 400 and "Host" in answer.json()["error"]["message"]
+
+
+async def _send(app: Starlette, request: httpx.Request) -> httpx.Response:
+    async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app)) as http:
+        return await http.send(request)
+
+
+@pytest.mark.parametrize("host", LOOPBACK_HOSTS)
+def test_library_app_answers_loopback_hosts(
+    library_client: nomyo.SecureChatCompletion, host: str
+) -> None:
+    response = _health(create_proxy_app(library_client), host)
+    assert response.status_code == 200, response.text
+    assert response.json() == {"status": "ok"}
+
+
+def test_library_app_without_or_with_two_hosts(library_client: nomyo.SecureChatCompletion) -> None:
+    app = create_proxy_app(library_client)
+    assert _health(app, None).status_code == 400
+
+    async def two_hosts() -> list[Any]:
+        sent: list[Any] = []
+        scope = {
+            "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+            "method": "GET", "scheme": "http", "path": "/health", "raw_path": b"/health",
+            "query_string": b"", "root_path": "", "client": ("127.0.0.1", 1),
+            "server": ("127.0.0.1", 80),
+            "headers": [(b"host", b"localhost"), (b"host", b"attacker.example")],
+        }  # fmt: skip
+
+        async def receive() -> dict[str, Any]:
+            return {"type": "http.request", "body": b"", "more_body": False}
+
+        async def send(message: dict[str, Any]) -> None:
+            sent.append(message)
+
+        await app(scope, receive, send)
+        return sent
+
+    assert asyncio.run(two_hosts())[0]["status"] == 400
+
+
+def test_library_app_allowed_hosts(library_client: nomyo.SecureChatCompletion) -> None:
+    named = create_proxy_app(library_client, allowed_hosts=["Proxy.Internal"])
+    assert _health(named, "proxy.internal:8080").status_code == 200
+    assert _health(named, "localhost:8080").status_code == 200
+    assert _health(named, "attacker.example").status_code == 400
+    anything = create_proxy_app(library_client, allowed_hosts=["*"])
+    assert _health(anything, "attacker.example").status_code == 200
+    with pytest.raises(TypeError, match="allowed_hosts"):
+        create_proxy_app(library_client, allowed_hosts="localhost")
+    with pytest.raises(ValueError, match="allowed_hosts"):
+        create_proxy_app(library_client, allowed_hosts=[" "])

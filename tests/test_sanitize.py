@@ -2,8 +2,10 @@
 
 In the lane (``NOMYO_SANITIZE`` set by the Makefile) the extension loaded must
 be the instrumented out-of-tree build, and a sanitizer report must end the
-process that hit it.  Outside the lane the extension must carry neither the
-instrumentation nor the test-only entry points of csrc/sanitize_selftest.c.
+process that hit it; both compiled modules (nomyo._securemem, the cffi
+allocator, and nomyo._pyglue, the CPython extension) are checked.  Outside
+the lane they must carry neither the instrumentation nor the test-only entry
+points of csrc/sanitize_selftest.c.
 """
 
 from __future__ import annotations
@@ -31,17 +33,21 @@ with_ubsan = pytest.mark.skipif(
 # the child calls an in-bounds control first, then the faulty call
 PROBE = """
 from nomyo import _native
-print("control", _native.lib.{call_ok}, flush=True)
-print("faulty", _native.lib.{call_bad}, flush=True)
+print("control", _native.{call_ok}, flush=True)
+print("faulty", _native.{call_bad}, flush=True)
 print("survived", flush=True)
 """
 
+# each compiled module, and how its self-tests are reached from nomyo._native
+MODULES = {"nomyo._securemem": "lib.nomyo_selftest_", "nomyo._pyglue": "_pyglue._selftest_"}
+each_module = pytest.mark.parametrize("module", sorted(MODULES))
 
-def _extension() -> Path:
-    from nomyo import _native  # the one importer; this only reads its file name
+
+def _extension(module: str) -> Path:
+    from nomyo import _native  # the one importer; this only reads the file names
 
     assert _native.lib is not None
-    return Path(sys.modules["nomyo._securemem"].__file__ or "")
+    return Path(sys.modules[module].__file__ or "")
 
 
 def _run_probe(tmp_path: Path, call_ok: str, call_bad: str) -> tuple[str, str]:
@@ -58,18 +64,22 @@ def _run_probe(tmp_path: Path, call_ok: str, call_bad: str) -> tuple[str, str]:
     return proc.stdout, report + proc.stderr
 
 
-def test_selftest_entry_points_only_in_the_sanitizer_build() -> None:
+@each_module
+def test_selftest_entry_points_only_in_the_sanitizer_build(module: str) -> None:
     from nomyo import _native
 
-    data = _extension().read_bytes()
-    assert hasattr(_native.lib, "nomyo_selftest_heap_read") is bool(LANE)
+    data = _extension(module).read_bytes()
+    owner, prefix = MODULES[module].split(".")
+    assert hasattr(getattr(_native, owner), prefix + "heap_read") is bool(LANE)
+    assert (b"nomyo_selftest_heap_read" in data) is bool(LANE)
     assert (b"__asan_report_load1" in data) is ("address" in LANE)
     assert (b"__ubsan_handle_" in data) is ("undefined" in LANE)
 
 
 @in_lane
-def test_the_lane_loads_the_instrumented_out_of_tree_build() -> None:
-    path = _extension()
+@each_module
+def test_the_lane_loads_the_instrumented_out_of_tree_build(module: str) -> None:
+    path = _extension(module)
     assert path.parent.parent.name == "sanitize", path  # build/sanitize/nomyo/, not src/nomyo/
     data = path.read_bytes()
     if "address" in LANE:
@@ -84,11 +94,12 @@ def test_the_lane_loads_the_instrumented_out_of_tree_build() -> None:
 
 
 @with_asan
-def test_heap_overflow_is_reported_and_ends_the_process(tmp_path: Path) -> None:
+@each_module
+def test_heap_overflow_is_reported_and_ends_the_process(tmp_path: Path, module: str) -> None:
     out, report = _run_probe(
         tmp_path,
-        "nomyo_selftest_heap_read(16, 15)",
-        "nomyo_selftest_heap_read(16, 16)",
+        MODULES[module] + "heap_read(16, 15)",
+        MODULES[module] + "heap_read(16, 16)",
     )
     assert out.split() == ["control", "7"]
     assert "ERROR: AddressSanitizer: heap-buffer-overflow" in report, report
@@ -97,11 +108,12 @@ def test_heap_overflow_is_reported_and_ends_the_process(tmp_path: Path) -> None:
 
 
 @with_ubsan
-def test_undefined_shift_is_reported_and_ends_the_process(tmp_path: Path) -> None:
+@each_module
+def test_undefined_shift_is_reported_and_ends_the_process(tmp_path: Path, module: str) -> None:
     out, report = _run_probe(
         tmp_path,
-        "nomyo_selftest_shift(1, 3)",
-        "nomyo_selftest_shift(1, 40)",
+        MODULES[module] + "shift(1, 3)",
+        MODULES[module] + "shift(1, 40)",
     )
     assert out.split() == ["control", "8"]
     assert "sanitize_selftest.c" in report, report

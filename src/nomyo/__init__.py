@@ -13,6 +13,7 @@ The public surface is flat: import everything from ``nomyo``::
 from __future__ import annotations
 
 import logging
+from typing import TYPE_CHECKING, Any
 
 from ._client import SecureChatCompletion, SecureCompletionClient, SyncSecureChatCompletion
 from ._exceptions import (
@@ -31,6 +32,9 @@ from ._exceptions import (
 )
 from .memory import MemoryProtection, SecureBuffer, protection, wipe
 
+if TYPE_CHECKING:
+    from ._sdk_transport import AsyncSecureTransport, SecureTransport
+
 __version__ = "0.3.0.dev0"
 
 # silent unless the application configures logging
@@ -40,6 +44,7 @@ __all__ = [
     "APIConnectionError",
     "APIError",
     "APITimeoutError",
+    "AsyncSecureTransport",
     "AuthenticationError",
     "ForbiddenError",
     "InvalidRequestError",
@@ -50,6 +55,7 @@ __all__ = [
     "SecureChatCompletion",
     "SecureCompletionClient",
     "SecureMemoryWarning",
+    "SecureTransport",
     "SecurityError",
     "ServerError",
     "ServiceUnavailableError",
@@ -58,3 +64,12 @@ __all__ = [
     "protection",
     "wipe",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # the httpx transports for SDKs, loaded when first asked for
+    if name in ("AsyncSecureTransport", "SecureTransport"):
+        from . import _sdk_transport
+
+        return getattr(_sdk_transport, name)
+    raise AttributeError(f"module 'nomyo' has no attribute {name!r}")

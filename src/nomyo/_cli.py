@@ -29,9 +29,14 @@ from . import __version__, _keys
 from ._constants import (
     BASE_URL_ENV,
     DEFAULT_BASE_URL,
+    DEFAULT_BODY_TIMEOUT,
     DEFAULT_KEY_BITS,
+    DEFAULT_MAX_CONCURRENT,
+    DEFAULT_MAX_RETRIES,
+    DEFAULT_PROXY_LISTEN,
     DEFAULT_SERVE_HOST,
     DEFAULT_SERVE_PORT,
+    MODEL_ENV,
     PRIVATE_KEY_FILE,
     PUBLIC_KEY_FILE,
     SECURITY_TIERS,
@@ -50,8 +55,6 @@ EXIT_USAGE = 2
 EXIT_CONNECTION = 3
 EXIT_AUTHENTICATION = 4
 EXIT_SECURITY = 5
-
-MODEL_ENV = "NOMYO_MODEL"
 
 
 class _Failure(Exception):
@@ -212,7 +215,7 @@ def _keys_fingerprint(args: argparse.Namespace) -> int:
         raise _Failure("give a PEM file or --server URL", EXIT_USAGE)
     path = Path(args.pemfile)
     try:
-        data = path.read_bytes()
+        data = _keys.read_key_file(path)
     except OSError as exc:
         raise _Failure(f"{path}: {exc.strerror or exc}") from exc
     if b"PRIVATE KEY" in data:
@@ -227,33 +230,11 @@ def _keys_fingerprint(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- doctor
 
 
-def _locked_now() -> int | None:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmLck:"):
-                return int(line.split()[1]) * 1024
-    except OSError:
-        pass
-    return None
-
-
-def _has_ipc_lock() -> bool:
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("CapEff:"):
-                return bool(int(line.split()[1], 16) & (1 << 14))  # CAP_IPC_LOCK
-    except OSError:
-        pass
-    return False
-
-
 def _doctor(args: argparse.Namespace) -> int:
-    from .memory import protection
+    from .memory import lock_budget, protection
 
     report = protection()
-    capability = _has_ipc_lock()
-    limit = None if capability else report.memlock_limit
-    locked = _locked_now() or 0
+    budget = lock_budget()
 
     def line(ok: bool, what: str, detail: str = "") -> None:
         print(f"  [{'ok' if ok else '!!'}] {what}{': ' + detail if detail else ''}")
@@ -265,25 +246,22 @@ def _doctor(args: argparse.Namespace) -> int:
     line(report.dontdump, "secrets excluded from core dumps (MADV_DONTDUMP)")
     line(report.wipeonfork, "secrets wiped in forked children (MADV_WIPEONFORK)")
     line(report.memfd_secret, "memfd_secret (out of the kernel's direct map)")
-    if capability:
+    if budget.cap_ipc_lock:
         shown = "no limit (CAP_IPC_LOCK)"
-    elif limit is None:
+    elif budget.limit is None:
         shown = "unlimited"
     else:
-        shown = f"{limit // 1024} KiB, {locked // 1024} KiB locked now"
-    # a request locks its serialized prompt and its answer, plus a few pages
-    per_request = None if limit is None else max(0, (limit - locked - 64 * 1024) // 2)
-    big_enough = per_request is None or per_request >= 16 * 1024 * 1024
-    line(big_enough, "RLIMIT_MEMLOCK", shown)
-    if per_request is not None:
-        print(f"       a request can keep about {per_request // 1024} KiB of prompt locked")
+        shown = f"{budget.limit // 1024} KiB, {budget.locked // 1024} KiB locked now"
+    line(budget.enough, "RLIMIT_MEMLOCK", shown)
+    if budget.per_request is not None:
+        print(f"       a request can keep about {budget.per_request // 1024} KiB of prompt locked")
     advice = []
     if report.backend != "native":
         advice.append(
             "reinstall nomyo where a C compiler and the Python headers are available "
             "(pip install --force-reinstall --no-binary nomyo nomyo)"
         )
-    if not report.mlock or not big_enough:
+    if not report.mlock or not budget.enough:
         advice += [
             "raise the lock limit: `ulimit -l unlimited` in the shell that starts the program,",
             "  LimitMEMLOCK=infinity in its systemd unit, --ulimit memlock=-1 for docker,",
@@ -340,16 +318,13 @@ def _proxy(args: argparse.Namespace) -> int:
         verify=_verify(args),
     )
     # the router key is the proxy's own: a tool's placeholder bearer never replaces it
+    # the app answers only loopback Host names (DNS rebinding), unless told otherwise
     app = create_proxy_app(
-        client, models=args.model or (), api_key=args.api_key or os.environ.get("NOMYO_API_KEY")
+        client,
+        models=args.model or (),
+        api_key=args.api_key or os.environ.get("NOMYO_API_KEY"),
+        allowed_hosts=None if is_loopback(host) else ["*"],
     )
-    if is_loopback(host):
-        from starlette.middleware.trustedhost import TrustedHostMiddleware
-
-        # a web page cannot reach a loopback proxy under another host name (DNS rebinding)
-        app.add_middleware(
-            TrustedHostMiddleware, allowed_hosts=["127.0.0.1", "localhost", "::1", "[::1]"]
-        )
     return _run_uvicorn(
         uvicorn.Config(
             app, host=host, port=int(port), log_level=args.log_level, server_header=False
@@ -392,6 +367,27 @@ def _server_key(args: argparse.Namespace) -> Any:
         return _keys.generate_private_key()
 
 
+def _serve_api_keys(args: argparse.Namespace) -> tuple[str, ...]:
+    """--api-key, --api-key-env and --api-key-file together; never prints a key."""
+    from .server import read_api_key_file
+
+    keys = list(args.api_key or ())
+    if keys:
+        print(
+            "nomyo serve: WARNING: --api-key is readable by every local user "
+            "(/proc/PID/cmdline); use --api-key-env or --api-key-file",
+            file=sys.stderr,
+        )
+    for name in args.api_key_env or ():
+        keys.append(str(_env_secret(name, "--api-key-env")))
+    for path in args.api_key_file or ():
+        try:
+            keys.extend(read_api_key_file(path))
+        except (OSError, ValueError, NomyoError) as exc:
+            raise _Failure(f"cannot use --api-key-file: {exc}", _exit_code(exc)) from exc
+    return tuple(dict.fromkeys(keys))
+
+
 def _serve(args: argparse.Namespace) -> int:
     try:
         import uvicorn
@@ -408,9 +404,11 @@ def _serve(args: argparse.Namespace) -> int:
             raise _Failure(f"no such file: {path}", EXIT_USAGE)
     config = ServerConfig(
         private_key=_server_key(args),
-        api_keys=tuple(args.api_key or ()),
+        api_keys=_serve_api_keys(args),
         upstream=args.upstream,
         upstream_api_key=_env_secret(args.upstream_api_key_env, "--upstream-api-key-env"),
+        body_timeout=args.body_timeout,
+        max_concurrent=args.max_concurrent,
     )
     print(f"router key fingerprint: {_keys.fingerprint(config.private_key)}", flush=True)
     scheme = "https" if args.certfile else "http"
@@ -461,7 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     chat.add_argument("--model", help=f"the model (default: ${MODEL_ENV})")
     chat.add_argument("--tier", choices=SECURITY_TIERS, help="security tier")
     chat.add_argument("--system", metavar="TEXT", help="a system message first")
-    chat.add_argument("--max-retries", type=int, default=2)
+    chat.add_argument("--max-retries", type=int, default=DEFAULT_MAX_RETRIES)
     chat.add_argument("prompt", nargs="?", metavar="PROMPT", help="the prompt (default: stdin)")
     chat.set_defaults(func=_chat)
 
@@ -493,7 +491,7 @@ def build_parser() -> argparse.ArgumentParser:
         "proxy", help="a local OpenAI-compatible endpoint that encrypts to a router"
     )
     _router_options(proxy)
-    proxy.add_argument("--listen", default="127.0.0.1:8080", metavar="HOST:PORT")
+    proxy.add_argument("--listen", default=DEFAULT_PROXY_LISTEN, metavar="HOST:PORT")
     proxy.add_argument("--model", action="append", help="a model for /v1/models (repeatable)")
     proxy.add_argument(
         "--log-level", default="info", choices=["critical", "error", "warning", "info", "debug"]
@@ -511,7 +509,33 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument(
-        "--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable)"
+        "--api-key",
+        action="append",
+        metavar="KEY",
+        help="accepted bearer key (repeatable; visible to local users: prefer the next two)",
+    )
+    serve.add_argument(
+        "--api-key-env", action="append", metavar="VAR", help="accepted bearer key from $VAR"
+    )
+    serve.add_argument(
+        "--api-key-file",
+        action="append",
+        metavar="PATH",
+        help="accepted bearer keys, one per line (a 0600 file of your own)",
+    )
+    serve.add_argument(
+        "--body-timeout",
+        type=float,
+        default=DEFAULT_BODY_TIMEOUT,
+        metavar="SECONDS",
+        help=f"time to send a whole request body (default: {DEFAULT_BODY_TIMEOUT:g})",
+    )
+    serve.add_argument(
+        "--max-concurrent",
+        type=int,
+        default=DEFAULT_MAX_CONCURRENT,
+        metavar="N",
+        help=f"requests at once; more get 503 (default: {DEFAULT_MAX_CONCURRENT})",
     )
     serve.add_argument("--server-key", metavar="PEM", help="router private key file (0600)")
     serve.add_argument("--server-key-password-env", metavar="VAR")

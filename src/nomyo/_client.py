@@ -1,24 +1,33 @@
 """The clients: SecureChatCompletion (async), SyncSecureChatCompletion and the
-lower-level SecureCompletionClient.  They own request validation, the client
-key pair, the router key cache and pin, sealing and opening, answer binding
-and replay detection, and the retry loop; HTTP itself is ``_transport``'s.
+lower-level SecureCompletionClient, thin shims over two engines that mirror
+each other (:class:`_AsyncEngine`, :class:`_SyncEngine`: the same methods and
+steps, only the I/O differs) and one shared :class:`_Core` (settings as one
+frozen :class:`Config`, the key pair, the router key and its pin, the replay
+memory).  Owns request validation and the order of the steps; never does
+HTTP (``_transport``) or cryptography (``_hybrid``) itself.
 
-One request::
+One request, file:function per hop (the sync twin: the same, blocking)::
 
-    create(model, messages, **kw)
-      | validate model, messages, tier, stream            (nothing sent yet)
-      | router key: cached ROUTER_KEY_TTL, one shared fetch, pin checked
+    _client:SecureChatCompletion.create  model, messages, tier, stream checked
+      | _client:_request                 (call_options, build_payload): nothing sent yet
+    _client:_AsyncEngine.send            another base_url: a short-lived engine, same keys
+      | _client:_Core.call               check_process (once), tier, the deadline
+      |                                  (_transport:Attempts)
+    _client:_AsyncEngine._send           key pair; router key: cached ROUTER_KEY_TTL, one
+      |                                  shared fetch, pin checked (_Core.accept_router_key)
       v
-    attempt: seal afresh (new AES key, nonce) -> POST -> answer, read capped
-      ^  429/5xx/no connection: sleep Retry-After, or backoff with jitter,
-      |  while retries and time remain
-      ^  400, once: fetch the router key again (it may have rotated)
+    serialize -> seal   _client:_Call.post -> _hybrid:seal_json  (new AES key, nonce)
+    send -> receive     _transport:AsyncTransport.request  (read capped, statuses mapped)
+      ^  429/5xx/no connection: _Call.retry -> _transport:Attempts.backoff
+      |  (Retry-After, or backoff with jitter, while retries and time remain)
+      ^  400, once: _Call.rekey after fetching the router key again (it may have rotated)
       v
-    open: fails authentication -> one opaque SecurityError
-          wrapped key seen before (a replay) -> SecurityError
-          _metadata.payload_id is another request's -> SecurityError
-      v
-    the chat.completion dict, _metadata filled in
+    open                _client:_Call.open -> _Core.open -> _hybrid:open_answer
+                        (decode, replay check (_Replays), authenticate, parse; every
+                        failure to authenticate is one opaque SecurityError)
+    bind                _client:_bind  a JSON object, not another request's payload_id,
+                                       _metadata filled in
+    return              the chat.completion dict
 """
 
 from __future__ import annotations
@@ -26,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import dataclasses
 import hashlib
 import math
 import os
@@ -37,11 +47,11 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
-from typing import Any
+from typing import Any, TypeVar
 
 import httpx
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -63,9 +73,8 @@ from ._constants import (
     ROUTER_KEY_TTL,
     SECURITY_TIERS,
 )
-from ._envelope import MalformedPackage, decode
 from ._exceptions import APIError, APITimeoutError, InvalidRequestError, SecurityError
-from ._transport import AsyncTransport, SyncTransport, Verify, log, retry_delay, should_retry
+from ._transport import AsyncTransport, Attempts, SyncTransport, Verify, log
 from .memory import caller_stacklevel, wipe
 
 __all__ = ["SecureChatCompletion", "SecureCompletionClient", "SyncSecureChatCompletion"]
@@ -77,6 +86,7 @@ _timeout_scope: Callable[[float], contextlib.AbstractAsyncContextManager[None]] 
 )
 
 _FINGERPRINT = re.compile(r"sha256:[0-9a-f]{64}")
+_T = TypeVar("_T")
 
 
 # ---------------------------------------------------------------- validation
@@ -88,19 +98,25 @@ def _check_base_url(url: str, allow_http: bool) -> str:
     parts = urllib.parse.urlsplit(url)
     if parts.scheme not in ("https", "http") or not parts.netloc:
         raise ValueError(f"base_url must be an https:// URL, not {url!r}")
-    if parts.scheme == "http":
-        if not allow_http:
-            raise SecurityError(
-                f"refusing plain HTTP to {url}: use https://, or allow_http=True "
-                "for local development only"
-            )
+    if parts.scheme == "http" and not allow_http:
+        raise SecurityError(
+            f"refusing plain HTTP to {url}: use https://, or allow_http=True "
+            "for local development only"
+        )
+    return url.rstrip("/")
+
+
+def _warn_if_plain_http(config: Config) -> Config:
+    """Warn at the caller's line (not in a dataclass's generated __init__,
+    which would hide it) when ``config`` talks plain HTTP."""
+    if config.base_url.startswith("http:"):
         warnings.warn(
-            f"nomyo: plain HTTP to {url} (allow_http=True): the transport is not "
+            f"nomyo: plain HTTP to {config.base_url} (allow_http=True): the transport is not "
             "encrypted, only the payload is; never do this in production",
             UserWarning,
             stacklevel=caller_stacklevel(),
         )
-    return url.rstrip("/")
+    return config
 
 
 def check_tier(tier: object) -> str | None:
@@ -283,101 +299,178 @@ class _RouterKey:
     expires: float
 
 
-class _Core:
-    """Everything but I/O, shared by the async and the sync client."""
+class _Replays:
+    """The wrapped keys (SHA-256) of the last REPLAY_MEMORY answers opened:
+    an answer that carries one of them again is a replay (a
+    :class:`_hybrid.ReplayCheck`)."""
 
-    def __init__(
-        self,
-        base_url: str | None,
-        allow_http: bool,
-        api_key: str | None,
-        secure_memory: bool,
+    def __init__(self) -> None:
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def check(self, wrapped_key: bytes) -> None:
+        digest = hashlib.sha256(wrapped_key).digest()
+        with self._lock:
+            if digest in self._seen:
+                raise SecurityError("replayed answer: this package was already received")
+
+    def record(self, wrapped_key: bytes) -> None:
+        digest = hashlib.sha256(wrapped_key).digest()
+        with self._lock:
+            if digest in self._seen:
+                raise SecurityError("replayed answer: this package was already received")
+            self._seen[digest] = None
+            while len(self._seen) > REPLAY_MEMORY:
+                self._seen.popitem(last=False)
+
+
+def _bind(answer: Any, payload_id: str, processed_at: int | None) -> dict[str, Any]:
+    """An opened answer, checked to be this request's chat.completion, with
+    ``_metadata`` filled in; anything else is wiped and refused.
+
+    :raises SecurityError: not a JSON object, a malformed ``_metadata``, or
+        another request's ``payload_id``.
+    """
+    if not isinstance(answer, dict):
+        wipe(answer)
+        raise SecurityError("the decrypted answer is not a JSON object")
+    metadata = answer.get("_metadata")
+    if metadata is None:
+        metadata = answer["_metadata"] = {}
+    if not isinstance(metadata, dict):
+        wipe(answer)
+        raise SecurityError("the decrypted answer has a malformed _metadata")
+    if "payload_id" in metadata and metadata["payload_id"] != payload_id:
+        wipe(answer)
+        raise SecurityError("the answer belongs to another request (payload_id differs)")
+    metadata.update(
+        payload_id=payload_id,
+        processed_at=processed_at,
+        is_encrypted=True,
+        encryption_algorithm=PACKAGE_ALGORITHM,
+    )
+    return answer
+
+
+@dataclass(frozen=True, eq=False)
+class Config:
+    """A client's settings, checked once when it is made and never changed
+    (a per-call ``base_url`` is :meth:`with_base_url`: a checked copy).
+
+    :ivar pin: ``server_key_fingerprint``, lower-cased.
+    :ivar http_timeout: httpx's timeout per operation (from ``timeout``).
+    :ivar total_timeout: seconds for a whole call, or None (from ``timeout``).
+    :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
+    :raises ValueError, TypeError: a malformed option, naming it.
+    """
+
+    base_url: str
+    allow_http: bool = False
+    api_key: str | None = field(default=None, repr=False)
+    secure_memory: bool = True
+    pin: str | None = None
+    timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT
+    max_retries: int = DEFAULT_MAX_RETRIES
+    max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
+    verify: Verify = True
+    http_timeout: httpx.Timeout = field(init=False, repr=False)
+    total_timeout: float | None = field(init=False, repr=False)
+
+    @classmethod
+    def of(
+        cls,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: bool = True,
         *,
-        key_dir: str | os.PathLike[str] | None = None,
-        key_password: str | bytes | None = None,
         server_key_fingerprint: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
-        keys: _ClientKeys | None = None,
-        eager_keys: bool = True,
-    ) -> None:
-        self._options: dict[str, Any] = dict(
-            allow_http=allow_http,
-            api_key=api_key,
-            secure_memory=secure_memory,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-        )
+    ) -> Config:
+        """The constructors' options, with the environment's defaults for
+        ``base_url`` (NOMYO_BASE_URL) and ``api_key`` (NOMYO_API_KEY)."""
         if base_url is None:
             base_url = os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
-        self.base_url = _check_base_url(base_url, allow_http)
-        self.api_key = api_key if api_key is not None else os.environ.get(API_KEY_ENV) or None
+        if api_key is None:
+            api_key = os.environ.get(API_KEY_ENV) or None
+        config = cls(
+            base_url,
+            allow_http,
+            api_key,
+            secure_memory,
+            server_key_fingerprint,
+            timeout,
+            max_retries,
+            max_response_bytes,
+            verify,
+        )
+        return _warn_if_plain_http(config)
+
+    def __post_init__(self) -> None:
+        def put(name: str, value: object) -> None:
+            object.__setattr__(self, name, value)
+
+        put("base_url", _check_base_url(self.base_url, self.allow_http))
         if self.api_key is not None and not isinstance(self.api_key, str):
             raise TypeError("api_key must be a string")
-        self.secure_memory = bool(secure_memory)
-        if server_key_fingerprint is not None:
-            if not isinstance(server_key_fingerprint, str) or not _FINGERPRINT.fullmatch(
-                server_key_fingerprint.lower()
-            ):
+        put("secure_memory", bool(self.secure_memory))
+        pin = self.pin
+        if pin is not None:
+            if not isinstance(pin, str) or not _FINGERPRINT.fullmatch(pin.lower()):
                 raise ValueError("server_key_fingerprint must look like 'sha256:<64 hex digits>'")
-            server_key_fingerprint = server_key_fingerprint.lower()
-        self.pin = server_key_fingerprint
-        if isinstance(max_retries, bool) or not isinstance(max_retries, int) or max_retries < 0:
-            raise ValueError(f"max_retries must be an int >= 0, not {max_retries!r}")
-        self.max_retries = max_retries
-        if (
-            isinstance(max_response_bytes, bool)
-            or not isinstance(max_response_bytes, int)
-            or max_response_bytes <= 0
-        ):
-            raise ValueError(
-                f"max_response_bytes must be a positive int, not {max_response_bytes!r}"
-            )
-        self.max_response_bytes = max_response_bytes
-        self.http_timeout, self.total_timeout = _timeout(timeout)
+            put("pin", pin.lower())
+        retries = self.max_retries
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"max_retries must be an int >= 0, not {retries!r}")
+        limit = self.max_response_bytes
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit <= 0:
+            raise ValueError(f"max_response_bytes must be a positive int, not {limit!r}")
+        http_timeout, total_timeout = _timeout(self.timeout)
+        put("http_timeout", http_timeout)
+        put("total_timeout", total_timeout)
+        verify = self.verify
         if not isinstance(verify, bool | str | ssl.SSLContext):
             raise TypeError("verify must be True/False, a CA file path or an ssl.SSLContext")
         if isinstance(verify, str):
             try:
-                verify = ssl.create_default_context(cafile=verify)
+                put("verify", ssl.create_default_context(cafile=verify))
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"verify: cannot load the CA file {verify}: {exc}") from exc
-        self.verify: Verify = verify
-        self.keys = (
-            keys if keys is not None else _ClientKeys(key_dir, key_password, eager=eager_keys)
-        )
+
+    def with_base_url(self, base_url: str) -> Config:
+        """The same settings for another router (checked as the first one was)."""
+        return _warn_if_plain_http(dataclasses.replace(self, base_url=base_url))
+
+    @property
+    def key_url(self) -> str:
+        return self.base_url + PUBLIC_KEY_PATH
+
+    @property
+    def post_url(self) -> str:
+        return self.base_url + COMPLETION_PATH
+
+
+class _Core:
+    """Everything but I/O, shared by the async and the sync engine: the
+    settings, the key pair, the router key and its pin, the replay memory."""
+
+    def __init__(self, config: Config, keys: _ClientKeys, *, pid: int | None = None) -> None:
+        self.config = config
+        self.keys = keys
         self.router: _RouterKey | None = None
-        self._seen: OrderedDict[bytes, None] = OrderedDict()
-        self._seen_lock = threading.Lock()
-        self.key_url = self.base_url + PUBLIC_KEY_PATH
-        self.post_url = self.base_url + COMPLETION_PATH
-        self.pid = os.getpid()
+        self.replays = _Replays()
+        self.pid = os.getpid() if pid is None else pid
 
     def __repr__(self) -> str:
-        return f"<{type(self).__name__} {self.base_url}>"
+        return f"<{type(self).__name__} {self.config.base_url}>"
 
     def with_base_url(self, base_url: str) -> _Core:
         """The same settings and key pair, for another router (a per-call base_url)."""
-        options = self._options
-        core = _Core(
-            base_url,
-            options["allow_http"],
-            options["api_key"],
-            options["secure_memory"],
-            server_key_fingerprint=options["server_key_fingerprint"],
-            timeout=options["timeout"],
-            max_retries=options["max_retries"],
-            max_response_bytes=options["max_response_bytes"],
-            verify=options["verify"],
-            keys=self.keys,
-        )
-        core.pid = self.pid  # the key pair's process, forked or not
-        return core
+        # the key pair's process, forked or not
+        return _Core(self.config.with_base_url(base_url), self.keys, pid=self.pid)
 
     # -- router key
 
@@ -412,13 +505,14 @@ class _Core:
             key = _keys.load_public_key(pem)
         except (ValueError, SecurityError) as exc:
             raise SecurityError(
-                f"the router at {self.base_url} sent an unusable public key"
+                f"the router at {self.config.base_url} sent an unusable public key"
             ) from exc
         fingerprint = _keys.fingerprint(key)
-        if self.pin is not None and fingerprint != self.pin:
+        pin = self.config.pin
+        if pin is not None and fingerprint != pin:
             raise SecurityError(
                 f"the router's key {fingerprint} does not match server_key_fingerprint "
-                f"{self.pin}: nothing is sent to it"
+                f"{pin}: nothing is sent to it"
             )
         router = _RouterKey(key, pem, fingerprint, time.monotonic() + ROUTER_KEY_TTL)
         self.router = router
@@ -443,7 +537,7 @@ class _Core:
             "X-Payload-ID": payload_id,
             "X-Public-Key": pair.header,
         }
-        key = api_key if api_key is not None else self.api_key
+        key = api_key if api_key is not None else self.config.api_key
         if key:
             headers["Authorization"] = f"Bearer {key}"
         if tier is not None:
@@ -459,7 +553,7 @@ class _Core:
         """
         if tier != "maximum":
             return False
-        if not self.secure_memory:
+        if not self.config.secure_memory:
             raise SecurityError("security_tier='maximum' needs secure_memory=True")
         if memory.BACKEND != "native":
             raise SecurityError(
@@ -471,91 +565,333 @@ class _Core:
     def seal(self, payload: Any, router: _RouterKey, *, locked: bool = False) -> bytes:
         """``payload`` sealed to ``router``; with ``locked``, SecurityError
         rather than a secret in memory that mlock does not hold."""
-        self.check_process()
-        return _hybrid.seal_json(payload, router.key, secure=self.secure_memory, locked=locked)
+        return _hybrid.seal_json(
+            payload, router.key, secure=self.config.secure_memory, locked=locked
+        )
 
     def open(
         self, body: bytes | bytearray, pair: KeyPair, payload_id: str, *, locked: bool = False
     ) -> dict[str, Any]:
-        """The answer to request ``payload_id``, authenticated and bound to it.
-
-        A bytearray ``body`` is consumed: emptied as soon as it is decoded, so a
-        multi-megabyte answer does not stay in memory three times over.
+        """The answer to request ``payload_id``, opened and bound to it (a
+        bytearray ``body`` is consumed, see :func:`_hybrid.open_answer`).
 
         :raises SecurityError: fails authentication (no detail which check),
             was already seen (a replay), or answers another request.
         """
-        self.check_process()
-        private_key = pair.private_key
-        try:
-            # a bytearray body (ours, from the transport) is freed once parsed
-            package = decode(body, key_bytes=_hybrid.modulus_bytes(private_key), consume=True)
-        except MalformedPackage as exc:
-            raise SecurityError(_hybrid.OPEN_FAILED) from exc
-        processed_at = package.processed_at
-        digest = hashlib.sha256(bytes(package.wrapped_key)).digest()
-        with self._seen_lock:
-            if digest in self._seen:
-                raise SecurityError("replayed answer: this package was already received")
-        plain = _hybrid.open_decoded(package, private_key, secure=self.secure_memory, locked=locked)
-        del package  # the ciphertext is no longer needed while parsing
-        with plain:
-            answer = _hybrid.parse(plain, consume=True)
-        with self._seen_lock:
-            if digest in self._seen:  # the same package raced in twice
-                raise SecurityError("replayed answer: this package was already received")
-            self._seen[digest] = None
-            while len(self._seen) > REPLAY_MEMORY:
-                self._seen.popitem(last=False)
-        if not isinstance(answer, dict):
-            wipe(answer)
-            raise SecurityError("the decrypted answer is not a JSON object")
-        metadata = answer.get("_metadata")
-        if metadata is None:
-            metadata = answer["_metadata"] = {}
-        if not isinstance(metadata, dict):
-            wipe(answer)
-            raise SecurityError("the decrypted answer has a malformed _metadata")
-        if "payload_id" in metadata and metadata["payload_id"] != payload_id:
-            wipe(answer)
-            raise SecurityError("the answer belongs to another request (payload_id differs)")
-        metadata.update(
-            payload_id=payload_id,
-            processed_at=processed_at,
-            is_encrypted=True,
-            encryption_algorithm=PACKAGE_ALGORITHM,
+        answer, processed_at = _hybrid.open_answer(
+            body, pair.private_key, self.replays, secure=self.config.secure_memory, locked=locked
         )
-        return answer
+        return _bind(answer, payload_id, processed_at)
 
-    # -- the retry loop's decisions
+    # -- one call
 
-    def deadline(self) -> float | None:
-        return None if self.total_timeout is None else time.monotonic() + self.total_timeout
+    def attempts(self, payload_id: str | None = None) -> Attempts:
+        """A call's retry state under the policy (``_transport``): its deadline starts now."""
+        return Attempts(
+            max_retries=self.config.max_retries,
+            http_timeout=self.config.http_timeout,
+            total=self.config.total_timeout,
+            url=self.config.post_url,
+            payload_id=payload_id,
+        )
 
-    def attempt_timeout(self, deadline: float | None, payload_id: str) -> httpx.Timeout:
-        if deadline is None:
-            return self.http_timeout
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            raise APITimeoutError(f"timed out waiting for {self.post_url}", payload_id=payload_id)
-        return httpx.Timeout(remaining)
+    def call(
+        self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
+    ) -> _Call:
+        """A request about to be made: the process checked (once per
+        request), the tier's memory demands checked, the deadline started.
 
-    def backoff(self, error: APIError, attempt: int, deadline: float | None) -> float | None:
-        """Seconds to wait before the next attempt, or None to give up."""
-        if attempt >= self.max_retries or not should_retry(error):
+        :raises nomyo.SecurityError: a forked child, or a tier that cannot be kept.
+        """
+        self.check_process()
+        return _Call(self, payload, payload_id, api_key, tier)
+
+
+class _Call:
+    """One request through its attempts; the engines do the I/O it asks for.
+
+    :meth:`post` is serialize -> seal (afresh each attempt: a new AES key and
+    nonce); :meth:`retry` and :meth:`rekey` decide after a failed attempt;
+    :meth:`open` is open -> bind.
+    """
+
+    def __init__(
+        self,
+        core: _Core,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+    ) -> None:
+        self.core, self.payload, self.payload_id = core, payload, payload_id
+        self.api_key, self.tier = api_key, tier
+        self.locked = core.locked(tier)
+        self.attempts = core.attempts(payload_id)
+        self.deadline = self.attempts.deadline
+        self.pair: KeyPair | None = None
+        self.router: _RouterKey | None = None
+        self.headers: dict[str, str] = {}
+        self.refetched = False
+
+    def begin(self, pair: KeyPair, router: _RouterKey) -> None:
+        self.pair, self.router = pair, router
+        self.headers = self.core.headers(pair, self.payload_id, self.api_key, self.tier)
+
+    def post(self) -> dict[str, Any]:
+        """The next attempt's arguments for ``Transport.request``: the payload
+        serialized and sealed to the router key."""
+        assert self.router is not None, "begin() first"
+        config = self.core.config
+        return {
+            "method": "POST",
+            "url": config.post_url,
+            "content": self.core.seal(self.payload, self.router, locked=self.locked),
+            "headers": self.headers,
+            "limit": config.max_response_bytes,
+            "timeout": self.attempts.timeout(),
+            "deadline": self.deadline,
+            "payload_id": self.payload_id,
+        }
+
+    def retry(self, error: APIError) -> float | None:
+        """After a failed attempt: the seconds to wait before the next, or
+        None to fetch the router key again first (a 400, once: the key may
+        have rotated).
+
+        :raises APIError: ``error``, when it is final.
+        """
+        if isinstance(error, InvalidRequestError):
+            if self.refetched:
+                raise error
+            self.refetched = True
             return None
-        delay = retry_delay(attempt, getattr(error, "_retry_after", None))
-        if deadline is not None and time.monotonic() + delay >= deadline:
-            return None
-        log.info("retrying after %s (%.2f s)", type(error).__name__, delay)
+        delay = self.attempts.backoff(error)
+        if delay is None:
+            raise error
         return delay
 
+    def rekey(self, error: APIError, fresh: _RouterKey) -> None:
+        """Send again to ``fresh`` only if the router's key really changed.
 
-# ---------------------------------------------------------------- async
+        :raises APIError: ``error``, when it did not.
+        """
+        assert self.router is not None, "begin() first"
+        if not self.core.rotated(self.router, fresh):
+            raise error
+        self.router = fresh
+
+    def open(self, answer: bytearray) -> dict[str, Any]:
+        """open -> bind: the answer (consumed) as this request's chat.completion."""
+        assert self.pair is not None, "begin() first"
+        return self.core.open(answer, self.pair, self.payload_id, locked=self.locked)
+
+
+# ---------------------------------------------------------------- the engines
+
+
+class _AsyncEngine:
+    """The protocol engine with non-blocking I/O; :class:`_SyncEngine` is its
+    twin: the same methods and steps, blocking."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._transport: AsyncTransport | None = None
+        self._fetch_lock: asyncio.Lock | None = None
+        self._keeper: Any = None
+
+    async def _http(self) -> AsyncTransport:
+        """The pool of the running event loop (its fetch lock made with it).
+
+        An httpx.AsyncClient belongs to one event loop, and code written for
+        the published client calls ``asyncio.run`` once per request.  So each
+        loop gets its own pool, closed while that loop still runs: a started
+        async generator is finalized by ``loop.shutdown_asyncgens()``, which
+        ``asyncio.run`` calls before closing the loop.
+        """
+        loop = asyncio.get_running_loop()
+        if self._loop is loop and self._transport is not None:
+            return self._transport
+        config = self.core.config
+        transport = AsyncTransport(verify=config.verify, timeout=config.http_timeout)
+        keeper = _close_with_the_loop(transport)
+        await keeper.__anext__()
+        self._loop, self._transport, self._keeper = loop, transport, keeper
+        self._fetch_lock = asyncio.Lock()
+        return transport
+
+    async def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
+        """The router's key: cached, or fetched once for concurrent callers."""
+        core = self.core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        transport = await self._http()
+        assert self._fetch_lock is not None, "made with the pool"
+        async with self._fetch_lock:
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            pem = await transport.get_text(core.config.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
+
+    async def fetch_key(self) -> _RouterKey:
+        """The router's key fetched now (and cached), within the call timeout."""
+        self.core.check_process()
+        return await self._bounded(self.router_key(force=True), self.core.config.key_url)
+
+    async def send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
+        """One request, with retries, within the call timeout; another
+        ``base_url`` goes through a short-lived engine with the same settings
+        and key pair."""
+        if base_url is not None and base_url.rstrip("/") != self.core.config.base_url:
+            other = _AsyncEngine(self.core.with_base_url(base_url))
+            try:
+                return await other.send(payload, payload_id, api_key, tier)
+            finally:
+                await other.close()
+        call = self.core.call(payload, payload_id, api_key, tier)
+        return await self._bounded(self._send(call), call.attempts.url, payload_id)
+
+    async def _send(self, call: _Call) -> dict[str, Any]:
+        call.begin(await self.core.keys.aget(), await self.router_key(deadline=call.deadline))
+        while True:
+            transport = await self._http()
+            try:  # serialize -> seal -> send -> receive
+                answer = await transport.request(**call.post())
+            except APIError as error:
+                delay = call.retry(error)  # or raise it: it is final
+                if delay is None:
+                    call.rekey(error, await self.router_key(force=True, deadline=call.deadline))
+                else:
+                    await asyncio.sleep(delay)
+                continue
+            return call.open(answer)  # open -> bind -> return
+
+    async def _bounded(
+        self, work: Coroutine[Any, Any, _T], url: str, payload_id: str | None = None
+    ) -> _T:
+        """``work`` within the whole-call timeout (the sync twin has it per
+        socket operation, in the transport)."""
+        total = self.core.config.total_timeout
+        try:
+            if total is None:
+                return await work
+            if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
+                async with _timeout_scope(total):
+                    return await work
+            return await asyncio.wait_for(work, total)
+        except asyncio.TimeoutError as exc:
+            raise APITimeoutError(
+                f"no answer from {url} within {total} s", payload_id=payload_id
+            ) from exc
+
+    async def close(self) -> None:
+        """Close the connection pool."""
+        keeper, self._keeper = self._keeper, None
+        self._transport = self._loop = self._fetch_lock = None
+        if keeper is not None:
+            await keeper.aclose()  # its finally closes the pool
+
+
+async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
+    try:
+        yield
+    finally:
+        with contextlib.suppress(RuntimeError):  # a loop already gone: nothing to close
+            await transport.aclose()
+
+
+class _SyncEngine:
+    """:class:`_AsyncEngine` with blocking I/O (threads welcome); a call's
+    deadline bounds each socket operation (see ``_transport``)."""
+
+    def __init__(self, core: _Core) -> None:
+        self.core = core
+        self._transport: SyncTransport | None = None
+        self._lock = threading.Lock()
+        self._fetch_lock = threading.Lock()
+
+    def _http(self) -> SyncTransport:
+        """The pool, made at first use."""
+        transport = self._transport
+        if transport is None:
+            with self._lock:
+                if self._transport is None:
+                    config = self.core.config
+                    self._transport = SyncTransport(
+                        verify=config.verify, timeout=config.http_timeout
+                    )
+                transport = self._transport
+        return transport
+
+    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
+        """As :meth:`_AsyncEngine.router_key`."""
+        core = self.core
+        if not force and (cached := core.cached_router_key()) is not None:
+            return cached
+        transport = self._http()
+        with self._fetch_lock:
+            if not force and (cached := core.cached_router_key()) is not None:
+                return cached
+            pem = transport.get_text(core.config.key_url, deadline=deadline)
+            return core.accept_router_key(pem)
+
+    def fetch_key(self) -> _RouterKey:
+        """As :meth:`_AsyncEngine.fetch_key`."""
+        self.core.check_process()
+        return self.router_key(force=True, deadline=self.core.attempts().deadline)
+
+    def send(
+        self,
+        payload: dict[str, Any],
+        payload_id: str,
+        api_key: str | None,
+        tier: str | None,
+        base_url: str | None = None,
+    ) -> dict[str, Any]:
+        """As :meth:`_AsyncEngine.send`."""
+        if base_url is not None and base_url.rstrip("/") != self.core.config.base_url:
+            other = _SyncEngine(self.core.with_base_url(base_url))
+            try:
+                return other.send(payload, payload_id, api_key, tier)
+            finally:
+                other.close()
+        return self._send(self.core.call(payload, payload_id, api_key, tier))
+
+    def _send(self, call: _Call) -> dict[str, Any]:
+        call.begin(self.core.keys.get(), self.router_key(deadline=call.deadline))
+        while True:
+            transport = self._http()
+            try:  # serialize -> seal -> send -> receive
+                answer = transport.request(**call.post())
+            except APIError as error:
+                delay = call.retry(error)  # or raise it: it is final
+                if delay is None:
+                    call.rekey(error, self.router_key(force=True, deadline=call.deadline))
+                else:
+                    time.sleep(delay)
+                continue
+            return call.open(answer)  # open -> bind -> return
+
+    def close(self) -> None:
+        """Close the connection pool."""
+        with self._lock:
+            transport, self._transport = self._transport, None
+        if transport is not None:
+            transport.close()
+
+
+# ---------------------------------------------------------------- the published API
 
 
 class SecureCompletionClient:
-    """The protocol engine (async): keys, router key, seal, send, open.
+    """The published lower-level client (async): keys, router key, seal, send, open.
 
     The positional parameters are the published client's; the keyword-only
     ones are :class:`SecureChatCompletion`'s.  The key pair is made when first
@@ -581,36 +917,31 @@ class SecureCompletionClient:
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
-        _core: _Core | None = None,
-        _eager_keys: bool = False,
+        _engine: _AsyncEngine | None = None,
     ) -> None:
-        self._core = _core or _Core(
-            router_url,
-            allow_http,
-            api_key,
-            secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            eager_keys=_eager_keys,
-        )
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._transport: AsyncTransport | None = None
-        self._fetch_lock: asyncio.Lock | None = None
-        self._keeper: Any = None
+        if _engine is None:
+            config = Config.of(
+                router_url,
+                allow_http,
+                api_key,
+                secure_memory,
+                server_key_fingerprint=server_key_fingerprint,
+                timeout=timeout,
+                max_retries=max_retries,
+                max_response_bytes=max_response_bytes,
+                verify=verify,
+            )
+            keys = _ClientKeys(key_dir, key_password, eager=False)
+            _engine = _AsyncEngine(_Core(config, keys))
+        self._engine = _engine
+        self._core = _engine.core
 
     def __repr__(self) -> str:
-        return f"<SecureCompletionClient {self._core.base_url}>"
+        return f"<SecureCompletionClient {self.router_url}>"
 
     @property
     def router_url(self) -> str:
-        return self._core.base_url
-
-    # -- the published client's key methods
+        return self._core.config.base_url
 
     def generate_keys(
         self,
@@ -646,64 +977,25 @@ class SecureCompletionClient:
             raise ValueError(f"cannot load the client key {public}: no such file")
         self._core.keys.set(_load_pair(Path(private_key_path), public, password))
 
-    # -- I/O
-
-    async def _for_this_loop(self) -> tuple[AsyncTransport, asyncio.Lock]:
-        """The pool and fetch lock of the running event loop.
-
-        An httpx.AsyncClient belongs to one event loop, and code written for
-        the published client calls ``asyncio.run`` once per request.  So each
-        loop gets its own pool, closed while that loop still runs: a started
-        async generator is finalized by ``loop.shutdown_asyncgens()``, which
-        ``asyncio.run`` calls before closing the loop.
-        """
-        loop = asyncio.get_running_loop()
-        if self._loop is loop and self._transport is not None and self._fetch_lock is not None:
-            return self._transport, self._fetch_lock
-        transport = AsyncTransport(verify=self._core.verify, timeout=self._core.http_timeout)
-        keeper = _close_with_the_loop(transport)
-        await keeper.__anext__()
-        self._loop, self._transport, self._keeper = loop, transport, keeper
-        self._fetch_lock = asyncio.Lock()
-        return transport, self._fetch_lock
-
-    async def _router_key(
-        self, *, force: bool = False, deadline: float | None = None
-    ) -> _RouterKey:
-        core = self._core
-        core.check_process()  # before any connection is used
-        if not force and (cached := core.cached_router_key()) is not None:
-            return cached
-        transport, lock = await self._for_this_loop()
-        async with lock:  # concurrent first requests share one fetch
-            if not force and (cached := core.cached_router_key()) is not None:
-                return cached
-            pem = await transport.get_text(core.key_url, deadline=deadline)
-            return core.accept_router_key(pem)
-
     async def fetch_server_public_key(self) -> str:
         """Fetch the router's public key (PEM), check it against the pin and cache it.
 
         :raises nomyo.SecurityError: it does not match ``server_key_fingerprint``.
         :raises nomyo.APIError: the router did not answer with a key (in time).
         """
-        total = self._core.total_timeout
-        if total is None:
-            return (await self._router_key(force=True)).pem
-        try:  # the timeout holds for the whole fetch, as for create()
-            return (await asyncio.wait_for(self._router_key(force=True), total)).pem
-        except asyncio.TimeoutError as exc:
-            raise APITimeoutError(f"no answer from {self._core.key_url} within {total} s") from exc
+        return (await self._engine.fetch_key()).pem
 
     async def encrypt_payload(self, payload: dict[str, Any]) -> bytes:
         """``payload`` sealed to the router's key: the package bytes to POST."""
-        return self._core.seal(payload, await self._router_key())
+        self._core.check_process()
+        return self._core.seal(payload, await self._engine.router_key())
 
     async def decrypt_response(self, encrypted_response: bytes, payload_id: str) -> dict[str, Any]:
         """Open an answer package and bind it to ``payload_id``.
 
         :raises nomyo.SecurityError: see :meth:`send_secure_request`.
         """
+        self._core.check_process()
         pair = await self._core.keys.aget()
         return self._core.open(bytes(encrypted_response), pair, payload_id)
 
@@ -724,86 +1016,68 @@ class SecureCompletionClient:
             replay, or answers another request; or the router key fails the pin.
         :raises nomyo.APIError: the router refused, or could not be reached.
         """
-        core = self._core
         tier = check_tier(security_tier)
-        deadline = core.deadline()
-        total = core.total_timeout
-        try:
-            if total is None:
-                return await self._send(payload, payload_id, api_key, tier, deadline)
-            if _timeout_scope is not None:  # 3.11+: in this task, no task of its own
-                async with _timeout_scope(total):
-                    return await self._send(payload, payload_id, api_key, tier, deadline)
-            return await asyncio.wait_for(
-                self._send(payload, payload_id, api_key, tier, deadline), total
-            )
-        except asyncio.TimeoutError as exc:
-            raise APITimeoutError(
-                f"no answer from {core.post_url} within {total} s", payload_id=payload_id
-            ) from exc
-
-    async def _send(
-        self,
-        payload: dict[str, Any],
-        payload_id: str,
-        api_key: str | None,
-        tier: str | None,
-        deadline: float | None,
-    ) -> dict[str, Any]:
-        core = self._core
-        locked = core.locked(tier)
-        pair = await core.keys.aget()
-        router = await self._router_key(deadline=deadline)
-        headers = core.headers(pair, payload_id, api_key, tier)
-        attempt = 0
-        refetched = False
-        while True:
-            transport, _ = await self._for_this_loop()
-            body = core.seal(payload, router, locked=locked)
-            try:
-                answer = await transport.request(
-                    "POST",
-                    core.post_url,
-                    content=body,
-                    headers=headers,
-                    limit=core.max_response_bytes,
-                    timeout=core.attempt_timeout(deadline, payload_id),
-                    deadline=deadline,
-                    payload_id=payload_id,
-                )
-            except InvalidRequestError:
-                if refetched:
-                    raise
-                refetched = True
-                fresh = await self._router_key(force=True, deadline=deadline)
-                if not core.rotated(router, fresh):
-                    raise
-                router = fresh
-                continue
-            except APIError as error:
-                delay = core.backoff(error, attempt, deadline)
-                if delay is None:
-                    raise
-                attempt += 1
-                await asyncio.sleep(delay)
-                continue
-            del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id, locked=locked)
+        return await self._engine.send(payload, payload_id, api_key, tier)
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        keeper, self._keeper = self._keeper, None
-        self._transport = self._loop = self._fetch_lock = None
-        if keeper is not None:
-            await keeper.aclose()  # its finally closes the pool
+        await self._engine.close()
 
 
-async def _close_with_the_loop(transport: AsyncTransport) -> AsyncIterator[None]:
-    try:
-        yield
-    finally:
-        with contextlib.suppress(RuntimeError):  # a loop already gone: nothing to close
-            await transport.aclose()
+class _ChatClient:
+    """What the two chat clients share: their parameters (the published ones
+    positional, the rest keyword-only), one :class:`Config`, one core, and
+    the key pair started at once so the first request waits less."""
+
+    def __init__(
+        self,
+        base_url: str | None = None,
+        allow_http: bool = False,
+        api_key: str | None = None,
+        secure_memory: bool = True,
+        *,
+        key_dir: str | os.PathLike[str] | None = None,
+        key_password: str | bytes | None = None,
+        server_key_fingerprint: str | None = None,
+        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
+        verify: Verify = True,
+    ) -> None:
+        config = Config.of(
+            base_url,
+            allow_http,
+            api_key,
+            secure_memory,
+            server_key_fingerprint=server_key_fingerprint,
+            timeout=timeout,
+            max_retries=max_retries,
+            max_response_bytes=max_response_bytes,
+            verify=verify,
+        )
+        self._core = _Core(config, _ClientKeys(key_dir, key_password, eager=True))
+        self._start()
+
+    def _start(self) -> None:
+        """Each client's own: its engine over the core, and ``chat.completions``."""
+        raise NotImplementedError
+
+    def __repr__(self) -> str:
+        return f"<{type(self).__name__} {self.base_url}>"
+
+    @property
+    def base_url(self) -> str:
+        return self._core.config.base_url
+
+
+def _request(
+    model: str, messages: list[dict[str, Any]], kwargs: dict[str, Any]
+) -> tuple[dict[str, Any], str, str | None, str | None, str | None]:
+    """create()'s arguments checked, nothing sent yet: (payload, payload_id,
+    api_key, security_tier, base_url)."""
+    tier, api_key, base_url = call_options(kwargs)
+    payload = build_payload(model, messages, kwargs)
+    return payload, str(uuid.uuid4()), api_key, tier, base_url
 
 
 class _AsyncCompletions:
@@ -822,7 +1096,7 @@ class _AsyncChat:
         self.completions = _AsyncCompletions(client)
 
 
-class SecureChatCompletion:
+class SecureChatCompletion(_ChatClient):
     """End-to-end encrypted chat completions, OpenAI-shaped (async).
 
     :param base_url: the router (``NOMYO_BASE_URL``, else https://api.nomyo.ai).
@@ -840,43 +1114,10 @@ class SecureChatCompletion:
     :raises ValueError: a malformed option, or a key file that cannot be loaded.
     """
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        allow_http: bool = False,
-        api_key: str | None = None,
-        secure_memory: bool = True,
-        *,
-        key_dir: str | os.PathLike[str] | None = None,
-        key_password: str | bytes | None = None,
-        server_key_fingerprint: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        verify: Verify = True,
-    ) -> None:
-        self.client = SecureCompletionClient(
-            base_url,
-            allow_http,
-            api_key=api_key,
-            secure_memory=secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            _eager_keys=True,  # start making the key pair now, not at the first request
-        )
+    def _start(self) -> None:
+        self._engine = _AsyncEngine(self._core)
+        self.client = SecureCompletionClient(_engine=self._engine)  # the lower-level API
         self.chat = _AsyncChat(self)
-
-    def __repr__(self) -> str:
-        return f"<SecureChatCompletion {self.client.router_url}>"
-
-    @property
-    def base_url(self) -> str:
-        return self.client.router_url
 
     async def create(
         self, model: str, messages: list[dict[str, Any]], **kwargs: Any
@@ -884,8 +1125,9 @@ class SecureChatCompletion:
         """Send an encrypted chat completion and return the answer.
 
         ``kwargs`` go into the encrypted request (temperature, max_tokens,
-        tools, ...), except ``security_tier`` (sent as X-Security-Tier) and
-        ``api_key`` (this call's bearer key).
+        tools, ...), except ``security_tier`` (sent as X-Security-Tier),
+        ``api_key`` (this call's bearer key) and ``base_url`` (this call's
+        router: same settings and key pair).
 
         :returns: the chat.completion dict, with ``_metadata`` (payload_id,
             processed_at, is_encrypted, encryption_algorithm, and what the
@@ -895,23 +1137,13 @@ class SecureChatCompletion:
         :raises nomyo.SecurityError: see :meth:`SecureCompletionClient.send_secure_request`.
         :raises nomyo.APIError: the router refused, or could not be reached.
         """
-        tier, api_key, base_url = call_options(kwargs)
-        payload = build_payload(model, messages, kwargs)
-        payload_id = str(uuid.uuid4())
-        if base_url is not None and base_url.rstrip("/") != self.base_url:
-            # the published client's per-call base_url: a short-lived client, same key pair
-            other = SecureCompletionClient(_core=self.client._core.with_base_url(base_url))
-            try:
-                return await other.send_secure_request(payload, payload_id, api_key, tier)
-            finally:
-                await other.aclose()
-        return await self.client.send_secure_request(payload, payload_id, api_key, tier)
+        return await self._engine.send(*_request(model, messages, kwargs))
 
     acreate = create
 
     async def aclose(self) -> None:
         """Close the connection pool."""
-        await self.client.aclose()
+        await self._engine.close()
 
     async def __aenter__(self) -> SecureChatCompletion:
         return self
@@ -923,90 +1155,6 @@ class SecureChatCompletion:
         tb: TracebackType | None,
     ) -> None:
         await self.aclose()
-
-
-# ---------------------------------------------------------------- sync
-
-
-class _SyncEngine:
-    """The same protocol engine with blocking I/O (threads welcome)."""
-
-    def __init__(self, core: _Core) -> None:
-        self._core = core
-        self._transport: SyncTransport | None = None
-        self._lock = threading.Lock()
-        self._fetch_lock = threading.Lock()
-
-    def _http(self) -> SyncTransport:
-        transport = self._transport
-        if transport is None:
-            with self._lock:
-                if self._transport is None:
-                    self._transport = SyncTransport(
-                        verify=self._core.verify, timeout=self._core.http_timeout
-                    )
-                transport = self._transport
-        return transport
-
-    def router_key(self, *, force: bool = False, deadline: float | None = None) -> _RouterKey:
-        core = self._core
-        core.check_process()  # before any connection is used
-        if not force and (cached := core.cached_router_key()) is not None:
-            return cached
-        with self._fetch_lock:
-            if not force and (cached := core.cached_router_key()) is not None:
-                return cached
-            pem = self._http().get_text(core.key_url, deadline=deadline)
-            return core.accept_router_key(pem)
-
-    def send(
-        self, payload: dict[str, Any], payload_id: str, api_key: str | None, tier: str | None
-    ) -> dict[str, Any]:
-        core = self._core
-        locked = core.locked(tier)
-        deadline = core.deadline()
-        pair = core.keys.get()
-        router = self.router_key(deadline=deadline)
-        headers = core.headers(pair, payload_id, api_key, tier)
-        attempt = 0
-        refetched = False
-        while True:
-            body = core.seal(payload, router, locked=locked)
-            try:
-                answer = self._http().request(
-                    "POST",
-                    core.post_url,
-                    content=body,
-                    headers=headers,
-                    limit=core.max_response_bytes,
-                    timeout=core.attempt_timeout(deadline, payload_id),
-                    deadline=deadline,
-                    payload_id=payload_id,
-                )
-            except InvalidRequestError:
-                if refetched:
-                    raise
-                refetched = True
-                fresh = self.router_key(force=True, deadline=deadline)
-                if not core.rotated(router, fresh):
-                    raise
-                router = fresh
-                continue
-            except APIError as error:
-                delay = core.backoff(error, attempt, deadline)
-                if delay is None:
-                    raise
-                attempt += 1
-                time.sleep(delay)
-                continue
-            del body  # the sent package, before the answer is opened
-            return core.open(answer, pair, payload_id, locked=locked)
-
-    def close(self) -> None:
-        with self._lock:
-            transport, self._transport = self._transport, None
-        if transport is not None:
-            transport.close()
 
 
 class _SyncCompletions:
@@ -1023,64 +1171,21 @@ class _SyncChat:
         self.completions = _SyncCompletions(client)
 
 
-class SyncSecureChatCompletion:
+class SyncSecureChatCompletion(_ChatClient):
     """:class:`SecureChatCompletion` with blocking calls; needs no event loop
     and may be shared between threads.  Same parameters."""
 
-    def __init__(
-        self,
-        base_url: str | None = None,
-        allow_http: bool = False,
-        api_key: str | None = None,
-        secure_memory: bool = True,
-        *,
-        key_dir: str | os.PathLike[str] | None = None,
-        key_password: str | bytes | None = None,
-        server_key_fingerprint: str | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        verify: Verify = True,
-    ) -> None:
-        self._core = _Core(
-            base_url,
-            allow_http,
-            api_key,
-            secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=max_retries,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-        )
+    def _start(self) -> None:
         self._engine = _SyncEngine(self._core)
         self.chat = _SyncChat(self)
 
-    def __repr__(self) -> str:
-        return f"<SyncSecureChatCompletion {self._core.base_url}>"
-
-    @property
-    def base_url(self) -> str:
-        return self._core.base_url
-
     def create(self, model: str, messages: list[dict[str, Any]], **kwargs: Any) -> dict[str, Any]:
         """As :meth:`SecureChatCompletion.create`, blocking."""
-        tier, api_key, base_url = call_options(kwargs)
-        payload = build_payload(model, messages, kwargs)
-        payload_id = str(uuid.uuid4())
-        if base_url is not None and base_url.rstrip("/") != self.base_url:
-            other = _SyncEngine(self._core.with_base_url(base_url))
-            try:
-                return other.send(payload, payload_id, api_key, tier)
-            finally:
-                other.close()
-        return self._engine.send(payload, payload_id, api_key, tier)
+        return self._engine.send(*_request(model, messages, kwargs))
 
     def fetch_server_public_key(self) -> str:
         """The router's public key (PEM), fetched, pinned and cached."""
-        return self._engine.router_key(force=True, deadline=self._core.deadline()).pem
+        return self._engine.fetch_key().pem
 
     def close(self) -> None:
         """Close the connection pool."""

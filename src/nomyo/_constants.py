@@ -21,6 +21,12 @@ GARBAGE_BYTE = 0xDB
 #: for the fallback's recursive wipe under the default recursion limit.
 MAX_NESTING = 512
 
+#: what ``nomyo doctor`` counts on: a request locks its serialized prompt and its
+#: answer plus about this much more (a few pages), and a budget is enough when a
+#: request can keep this much prompt locked
+LOCK_REQUEST_OVERHEAD_BYTES = 64 * 1024
+LOCK_BUDGET_ENOUGH_BYTES = 16 * 1024 * 1024
+
 # ---- protocol 1.0 (../shared/PROTOCOL.md)
 PROTOCOL_VERSION = "1.0"
 PACKAGE_ALGORITHM = "hybrid-aes256-rsa4096"
@@ -51,6 +57,34 @@ DEFAULT_SERVE_PORT = 12434
 #: seconds to connect to / wait for an upstream model server
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
+#: seconds a client has to send a whole request body (nomyo serve --body-timeout)
+DEFAULT_BODY_TIMEOUT = 30.0
+#: requests nomyo serve handles at once (--max-concurrent); beyond, 503 + Retry-After
+DEFAULT_MAX_CONCURRENT = 32
+#: seconds a 503 for a busy nomyo serve tells the client to wait
+BUSY_RETRY_AFTER = 1
+#: the largest --api-key-file
+MAX_API_KEY_FILE_BYTES = 64 * 1024
+#: the largest package body it reads: base64 of the largest plaintext, plus the JSON around it
+SERVE_MAX_BODY_BYTES = (MAX_REQUEST_BYTES + 2) // 3 * 4 + 8192
+#: the longest X-Payload-ID it accepts
+MAX_PAYLOAD_ID_CHARS = 128
+#: the most choices (``n``) the echo model answers with
+ECHO_MAX_CHOICES = 16
+
+# ---- the local OpenAI endpoint (nomyo proxy)
+DEFAULT_PROXY_LISTEN = "127.0.0.1:8080"
+#: the largest request body read (the protocol's plaintext cap)
+PROXY_MAX_BODY_BYTES = MAX_REQUEST_BYTES
+#: the one model listed when none are configured
+PROXY_DEFAULT_MODEL = "nomyo"
+#: the longest router error message passed on, and path echoed in a 404
+PROXY_MAX_MESSAGE_CHARS = 1000
+PROXY_MAX_PATH_CHARS = 200
+
+# ---- the command line
+#: environment variable naming the model of ``nomyo chat``
+MODEL_ENV = "NOMYO_MODEL"
 
 # ---- the client
 DEFAULT_BASE_URL = "https://api.nomyo.ai"
@@ -69,10 +103,16 @@ RETRY_STATUSES = frozenset({429, 500, 502, 503, 504})
 INITIAL_RETRY_DELAY = 0.5
 MAX_RETRY_DELAY = 8.0
 RETRY_AFTER_CAP = 60.0
+#: the most the backoff is cut by at random (a fraction), so clients spread out
+RETRY_JITTER = 0.25
 #: requests in flight per httpx pool before the async client opens another pool:
 #: httpcore checks every connection of a pool for every waiting request
 #: (encode/httpcore#1035), so a few small pools cost far less than one big one
 POOL_SHARD_REQUESTS = 4
+#: each httpx pool's limits: connections, idle connections kept, seconds an idle one is kept
+POOL_MAX_CONNECTIONS = 100
+POOL_MAX_KEEPALIVE = 20
+POOL_KEEPALIVE_EXPIRY = 30.0
 #: the most nomyo reads of an error body or of the router's public key
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_PUBLIC_KEY_BYTES = 64 * 1024

@@ -4,7 +4,7 @@ HTTP status to its exception; owns no other behaviour.
 ::
 
     NomyoError
-     ├── APIError(message, status_code, error_details, payload_id)
+     ├── APIError(message, status_code, error_details, payload_id, retry_after)
      │    ├── InvalidRequestError        400
      │    ├── AuthenticationError        401
      │    ├── ForbiddenError             403  (model not allowed for the tier)
@@ -62,6 +62,8 @@ class APIError(NomyoError):
     :ivar status_code: the HTTP status, or None when there was no answer.
     :ivar error_details: the router's JSON error body, when it sent one.
     :ivar payload_id: the X-Payload-ID of the request.
+    :ivar retry_after: seconds the router asked to wait (``Retry-After``), or
+        None; the retry policy honours it for every retried status.
     """
 
     def __init__(
@@ -70,12 +72,15 @@ class APIError(NomyoError):
         status_code: int | None = None,
         error_details: Any = None,
         payload_id: str | None = None,
+        *,
+        retry_after: float | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
         self.status_code = status_code
         self.error_details = error_details
         self.payload_id = payload_id
+        self.retry_after = retry_after
 
     def __str__(self) -> str:
         return self.message if self.status_code is None else f"{self.status_code}: {self.message}"
@@ -94,10 +99,7 @@ class ForbiddenError(APIError):
 
 
 class RateLimitError(APIError):
-    """429: too many requests.
-
-    :ivar retry_after: seconds the router asked to wait (``Retry-After``), or None.
-    """
+    """429: too many requests (see :attr:`APIError.retry_after`)."""
 
     def __init__(
         self,
@@ -107,8 +109,7 @@ class RateLimitError(APIError):
         payload_id: str | None = None,
         retry_after: float | None = None,
     ) -> None:
-        super().__init__(message, status_code, error_details, payload_id)
-        self.retry_after = retry_after
+        super().__init__(message, status_code, error_details, payload_id, retry_after=retry_after)
 
 
 class ServerError(APIError):
@@ -171,6 +172,4 @@ def error_for_status(
     message = detail if isinstance(detail, str) and detail else _GENERIC.get(status)
     message = message or f"unexpected status {status}"
     cls = _BY_STATUS.get(status, APIError)
-    if cls is RateLimitError:
-        return RateLimitError(message, status, body, payload_id, retry_after=retry_after)
-    return cls(message, status, body, payload_id)
+    return cls(message, status, body, payload_id, retry_after=retry_after)

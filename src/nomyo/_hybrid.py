@@ -18,7 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-from typing import Any
+from typing import Any, Protocol
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -32,6 +32,8 @@ from .memory import SecureBuffer, wipe
 
 __all__ = [
     "OPEN_FAILED",
+    "ReplayCheck",
+    "open_answer",
     "open_decoded",
     "open_json",
     "open_package",
@@ -46,7 +48,7 @@ try:
     from ._native import json_parse as _json_parse
     from ._native import json_size as _json_size
     from ._native import scrub_stack as _scrub_stack
-except ImportError:  # pragma: no cover - no extension: json.dumps/loads, copies wiped
+except ImportError:  # no extension, or NOMYO_MEMORY_BACKEND=python: json.dumps/loads, copies wiped
     _json_into = _json_size = _json_parse = None  # type: ignore[assignment]
 
     def _scrub_stack() -> None:  # Python cannot reach the C stack
@@ -151,11 +153,63 @@ def open_package(
     :raises nomyo.SecurityError: the package is malformed, not for this key,
         or fails authentication; the message never says which.
     """
+    return open_decoded(_decode(data, private_key), private_key, secure=secure)
+
+
+def _decode(
+    data: bytes | bytearray | memoryview | str,
+    private_key: rsa.RSAPrivateKey,
+    consume: bool = False,
+) -> Package:
+    """The package in ``data``, checked against ``private_key``'s modulus
+    length: the one place where a malformed package becomes the opaque
+    :class:`~nomyo.SecurityError` (the cause kept for debugging, not shown)."""
     try:
-        package = decode(data, key_bytes=_modulus_bytes(private_key))
+        return decode(data, key_bytes=_modulus_bytes(private_key), consume=consume)
     except MalformedPackage as exc:
         raise SecurityError(OPEN_FAILED) from exc
-    return open_decoded(package, private_key, secure=secure)
+
+
+class ReplayCheck(Protocol):
+    """What :func:`open_answer` asks about a package's wrapped key."""
+
+    def check(self, wrapped_key: bytes) -> None:
+        """Raise :class:`~nomyo.SecurityError` if this package was seen before."""
+
+    def record(self, wrapped_key: bytes) -> None:
+        """The same, and remember it (called once the package has opened)."""
+
+
+def open_answer(
+    body: bytes | bytearray,
+    private_key: rsa.RSAPrivateKey,
+    replays: ReplayCheck,
+    *,
+    secure: bool = True,
+    locked: bool = False,
+) -> tuple[Any, int | None]:
+    """Open an answer package in one call: decode it, refuse a replay before
+    anything is decrypted, authenticate and decrypt it (:func:`open_decoded`),
+    parse the JSON (:func:`parse`), then record it with ``replays``: only a
+    package that opened is remembered.
+
+    A bytearray ``body`` is consumed: emptied as soon as it is decoded, so a
+    multi-megabyte answer does not stay in memory three times over.
+
+    :returns: (the JSON value, the package's ``processed_at``).
+    :raises nomyo.SecurityError: malformed, not for this key or failing
+        authentication (one message, no detail which), a replay, or not JSON.
+    """
+    package = _decode(body, private_key, consume=True)
+    processed_at = package.processed_at
+    wrapped_key = bytes(package.wrapped_key)
+    replays.check(wrapped_key)
+    plain = open_decoded(package, private_key, secure=secure, locked=locked)
+    del package  # the ciphertext is no longer needed while parsing
+    with plain:
+        value = parse(plain, consume=True)
+    replays.record(wrapped_key)  # the same package may have raced in twice
+    return value, processed_at
 
 
 def open_decoded(

@@ -45,9 +45,12 @@ __all__ = [
     "generate_private_key_async",
     "load_private_key",
     "load_public_key",
+    "load_public_key_file",
     "public_pem",
+    "read_key_file",
     "save_private_key",
     "save_public_key",
+    "secret_file",
 ]
 
 _PRIVATE_FILE_MODE = 0o600
@@ -376,34 +379,100 @@ def _read_into(fd: int, view: memoryview) -> int:
     return filled
 
 
+def _refuse_unless_owned(path: str, info: os.stat_result, what: str) -> None:
+    """Like ssh: a key file another user owns could be replaced or read by them."""
+    me = os.geteuid()
+    if info.st_uid != me:
+        raise SecurityError(
+            f"{what} {path} is owned by uid {info.st_uid}, not by this user (uid {me}): "
+            "key files must be the user's own"
+        )
+
+
 @contextlib.contextmanager
-def _key_file(path: str) -> Iterator[memoryview]:
-    """The contents of a private key file, in a SecureBuffer closed on exit."""
+def _key_file(
+    path: str,
+    what: str = "private key file",
+    *,
+    private: bool = True,
+    max_bytes: int = MAX_KEY_FILE_BYTES,
+) -> Iterator[memoryview]:
+    """The contents of a key file, in a SecureBuffer closed on exit.
+
+    Refused before any byte is read: anything but a regular file (a FIFO,
+    /dev/zero, a directory; opened without blocking), a file another user
+    owns, a file over ``MAX_KEY_FILE_BYTES`` and, with ``private``, a file
+    the group or others can access.
+    """
     fd = os.open(path, _READ_FLAGS)
     try:
         info = os.fstat(fd)  # of the file opened: no race with a rename
         if not stat.S_ISREG(info.st_mode):
-            raise ValueError(f"private key file {path} is not a regular file")
+            raise ValueError(f"{what} {path} is not a regular file")
+        _refuse_unless_owned(path, info, what)
         mode = stat.S_IMODE(info.st_mode)
-        if mode & 0o077:
+        if private and mode & 0o077:
             quoted = shlex.quote(path)
             raise SecurityError(
-                f"private key file {path} is accessible by others (mode {mode:04o}); "
-                f"run: chmod 600 {quoted}"
+                f"{what} {path} is accessible by others (mode {mode:04o}); run: chmod 600 {quoted}"
             )
-        if info.st_size > MAX_KEY_FILE_BYTES:
-            raise ValueError(
-                f"{path} is not a key file: {info.st_size} bytes, more than {MAX_KEY_FILE_BYTES}"
-            )
+        if info.st_size > max_bytes:
+            raise ValueError(f"{path} is not a {what}: {info.st_size} bytes, more than {max_bytes}")
         # one byte more than fstat said, to notice a file that grew meanwhile
         with SecureBuffer(info.st_size + 1) as buf, memoryview(buf) as whole:
             length = _read_into(fd, whole)
             if length > info.st_size:
-                raise ValueError(f"private key file {path} changed while it was read")
+                raise ValueError(f"{what} {path} changed while it was read")
             with whole[:length] as contents:
                 yield contents
     finally:
         os.close(fd)
+
+
+@contextlib.contextmanager
+def secret_file(path: str | os.PathLike[str], what: str, max_bytes: int) -> Iterator[memoryview]:
+    """The contents of a small secret file (an API key file), with the checks
+    of a private key file, in a SecureBuffer zeroed on exit.
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: not a regular file, or over ``max_bytes``.
+    :raises nomyo.SecurityError: owned by another user, or accessible by the
+        group or others.
+    """
+    with _key_file(_fspath(path), what, max_bytes=max_bytes) as contents:
+        yield contents
+
+
+def read_key_file(path: str | os.PathLike[str]) -> bytes:
+    """The bytes of a key file (public or private, for a look at what it is),
+    with the checks of :func:`load_public_key_file`.
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: not a regular file, or over ``MAX_KEY_FILE_BYTES``.
+    :raises nomyo.SecurityError: the file is owned by another user.
+    """
+    with _key_file(_fspath(path), "key file", private=False) as contents:
+        return bytes(contents)
+
+
+def load_public_key_file(path: str | os.PathLike[str]) -> rsa.RSAPublicKey:
+    """Read an RSA public key from a PEM file.
+
+    The file must be a regular file (a FIFO or a device is refused without
+    blocking), owned by this user and at most ``MAX_KEY_FILE_BYTES``.
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: not a regular file, over ``MAX_KEY_FILE_BYTES``, or
+        not a PEM public key.
+    :raises nomyo.SecurityError: the file is owned by another user, or the
+        key is not RSA, or is under ``MIN_KEY_BITS``.
+    """
+    name = _fspath(path)
+    with _key_file(name, "public key file", private=False) as contents:
+        try:
+            return load_public_key(bytes(contents))
+        except ValueError as exc:
+            raise ValueError(f"public key file {name}: {exc}") from exc
 
 
 def _is_encrypted(pem: memoryview) -> bool:
@@ -434,7 +503,9 @@ def load_private_key(
     """Read an RSA private key from a PEM file, refusing one others can read.
 
     Like ssh, a file whose mode gives the group or others any access is
-    refused.  The file is read into a :class:`nomyo.SecureBuffer`, closed
+    refused, and so is one owned by another user; anything but a regular
+    file (a FIFO, a device, a directory) is refused without blocking, before
+    a byte is read.  The file is read into a :class:`nomyo.SecureBuffer`, closed
     (zeroed) once the key is parsed.
 
     :param path: the key file (PKCS#8 or traditional OpenSSL PEM).
@@ -448,7 +519,8 @@ def load_private_key(
         regular file, is over ``MAX_KEY_FILE_BYTES``, or is not a PEM
         private key.
     :raises nomyo.SecurityError: the file is accessible by group or others,
-        or the key is not RSA, or is under ``MIN_KEY_BITS``.
+        or is owned by another user, or the key is not RSA, or is under
+        ``MIN_KEY_BITS``.
     """
     name = _fspath(path)
     encoded = _encode_password(password)

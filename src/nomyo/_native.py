@@ -1,23 +1,62 @@
-"""The only importer of the compiled extension ``nomyo._securemem``.
+"""The only importer of nomyo's compiled modules (see the drawing in csrc/pyglue.h).
 
-Owns the bridge to C: reads the capability flags once, registers the buffer
-type and the in-place wipe, and offers the few test and maintenance hooks.
-Raises ImportError when the extension is missing or unusable, which
-``nomyo.memory`` turns into the pure-Python fallback.
+- ``nomyo._securemem`` (cffi): the allocator, all of its state;
+- ``nomyo._pyglue`` (a CPython extension): the buffer type, wipe, the codec.
+
+This module joins them: a region allocated through cffi is handed to
+``_pyglue.Region`` as a buffer whose release frees it, so no address crosses
+as an integer.  Raises ImportError when an extension is missing or unusable,
+and when ``NOMYO_MEMORY_BACKEND=python`` asks for no compiled code at all;
+``nomyo.memory``, ``nomyo._hybrid`` and ``nomyo._envelope`` then use their
+pure-Python code.
 """
 
 from __future__ import annotations
 
+import errno
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+
+from ._constants import MEMORY_BACKEND_ENV
 
 if sys.implementation.name != "cpython":  # pragma: no cover - CPython is what we build for
     raise ImportError("the native secure-memory backend needs CPython")
+if os.environ.get(MEMORY_BACKEND_ENV, "").strip().lower() == "python":
+    raise ImportError(f"{MEMORY_BACKEND_ENV}=python: no compiled nomyo code is loaded")
 
+from . import _pyglue
+from ._pyglue import (
+    b64decode,
+    b64decode_str,
+    b64encode,
+    json_into,
+    json_parse,
+    json_size,
+    pack,
+    refcount,
+    scrub_stack,
+    wipe_object,
+)
 from ._securemem import ffi, lib
+
+__all__ = [
+    "CAPABILITIES",
+    "TEST_HOOKS",
+    "Region",
+    "b64decode",
+    "b64decode_str",
+    "b64encode",
+    "json_into",
+    "json_parse",
+    "json_size",
+    "pack",
+    "refcount",
+    "scrub_stack",
+    "wipe_object",
+]
 
 
 @dataclass(frozen=True)
@@ -42,29 +81,8 @@ CAPABILITIES = Capabilities(
 if lib.nomyo_init() != 0:
     raise ImportError(f"nomyo secure memory could not initialise (errno {ffi.errno})")
 
-_namespace: dict[str, Any] = {}
-if lib.nomyo_py_register(ffi.cast("void *", id(_namespace))) != 0:
-    raise ImportError("nomyo secure memory could not register its buffer type")
-
-#: the buffer-exporting type that owns one guarded region (see csrc/pyglue.c)
-Region: Any = _namespace["Region"]
-#: wipe_object(obj, max_refs) -> number of objects zeroed in place
-wipe_object: Callable[[object, int], int] = _namespace["wipe_object"]
-#: b64decode_str(text, reserve) -> bytearray (csrc/pyglue.c), strict base64 from a str
-b64decode_str: Callable[[str, int], bytearray] = _namespace["b64decode_str"]
-#: pack(pieces) -> bytes: bytes pieces copied, (buffer,) pieces base64-encoded, one allocation
-pack: Callable[[list[Any]], bytes] = _namespace["pack"]
-#: json_size(obj) / json_into(obj, buffer): compact UTF-8 JSON written straight into a
-#: buffer of exactly json_size(obj) bytes, as json.dumps(separators=(",", ":"),
-#: ensure_ascii=False, allow_nan=False) would give it (csrc/jsonenc.c)
-json_size: Callable[[object], int] = _namespace["json_size"]
-json_into: Callable[[object, Any], int] = _namespace["json_into"]
-#: json_parse(buffer, unique_keys=False) -> what json.loads gives for that UTF-8, each
-#: object made once at its final size, without a str of the whole text; with
-#: unique_keys a key repeated in one object is a ValueError (csrc/jsondec.c)
-json_parse: Callable[..., Any] = _namespace["json_parse"]
-#: refcount(obj, max_refs) -> the reference count as wipe_object sees it
-refcount: Callable[[object, int], int] = _namespace["refcount"]
+#: whether this is a test build (the debug capture compiled in: NOMYO_TEST_HOOKS)
+TEST_HOOKS: bool = hasattr(lib, "nomyo_debug_capture")
 
 PAGE_SIZE: int = lib.nomyo_page_size()
 CANARY_BYTES: int = lib.NOMYO_CANARY_BYTES
@@ -77,16 +95,65 @@ S_DONTFORK: int = lib.NOMYO_S_DONTFORK
 S_SECRET: int = lib.NOMYO_S_SECRET
 S_GUARDED: int = lib.NOMYO_S_GUARDED
 
+_alloc = lib.nomyo_alloc
+_free = lib.nomyo_free
+_gc = ffi.gc
+_buffer = ffi.buffer
+_NULL = ffi.NULL
+_new = _pyglue.Region.__new__
+
+
+class Region(_pyglue.Region):
+    """One guarded region (csrc/securemem.c) exported as a buffer (csrc/pyglue.c).
+
+    The C type holds two cffi objects: a buffer of the region's data, and the
+    region's descriptor under ``ffi.gc``, whose last reference calls
+    nomyo_free.  It lets go of both when closed with no view left (or when
+    the last view goes), so the descriptor is read here only through
+    ``_owner``, which is None from then on.
+    """
+
+    __slots__ = ()
+
+    def __new__(cls, size: int, flags: int = 0) -> Region:
+        if size < 0:
+            raise ValueError("size must be >= 0")
+        raw = _alloc(size, flags)
+        if raw == _NULL:
+            err = ffi.errno
+            if err == errno.ENOMEM:
+                raise MemoryError
+            raise OSError(err, os.strerror(err))
+        return _new(cls, _buffer(raw.data, size), _gc(raw, _free))
+
+    @property
+    def _status(self) -> int:
+        raw = self._owner
+        if raw is None:
+            return 0
+        status = int(raw.status)
+        if lib.nomyo_forked(raw):
+            status &= ~S_LOCKED  # a child does not inherit mlock
+        return status
+
+    @property
+    def _lock_errno(self) -> int:
+        raw = self._owner
+        return 0 if raw is None else int(raw.lock_errno)
+
+    @property
+    def _mapping(self) -> tuple[int, int]:
+        """(start, end) of the data pages, for finding them in /proc/self/smaps."""
+        raw = self._owner
+        if self._closed or raw is None:
+            raise ValueError("operation on a closed SecureBuffer")
+        base = int(ffi.cast("uintptr_t", raw.base))
+        return base + PAGE_SIZE, base + int(raw.total) - PAGE_SIZE
+
 
 def memfd_secret_usable() -> bool:
     """Whether this kernel hands out memfd_secret file descriptors."""
     return bool(lib.nomyo_memfd_secret_usable())
-
-
-def scrub_stack() -> None:
-    """Zero 32 KiB of this thread's stack below the caller: what the frames of
-    an OpenSSL call that just returned may have left there."""
-    lib.nomyo_scrub_stack()
 
 
 def cache_trim() -> int:
@@ -99,33 +166,14 @@ def cache_pages() -> int:
     return int(lib.nomyo_cache_pages())
 
 
-def b64encode(data: bytes | bytearray | memoryview) -> bytearray:
-    """Standard padded base64 of ``data`` (C; the GIL is released meanwhile)."""
-    source = ffi.from_buffer(data)
-    out = bytearray(lib.nomyo_b64_encoded_len(len(source)))
-    lib.nomyo_b64_encode(source, len(source), ffi.from_buffer(out))
-    return out
-
-
-def b64decode(text: bytes | bytearray | memoryview) -> bytearray:
-    """Strict, canonical standard base64 (see csrc/b64.c).
-
-    :raises ValueError: anything else.
-    """
-    source = ffi.from_buffer(text)
-    out = bytearray(lib.nomyo_b64_decoded_max(len(source)))
-    written = lib.nomyo_b64_decode(source, len(source), ffi.from_buffer(out))
-    if written < 0:
-        raise ValueError("not strict standard base64")
-    del out[written:]
-    return out
-
-
 @contextmanager
 def debug_capture(capacity: int, *, before_zero: bool = False) -> Iterator[Callable[[], bytes]]:
-    """Test hook: while active, every free appends its data pages to a scratch
-    area (after zeroing them, or before with ``before_zero``), up to ``capacity``
-    bytes.  Yields a function returning what was captured.  Tests only."""
+    """Test hook (test builds only, see TEST_HOOKS): while active, every free
+    appends its data pages to a scratch area (after zeroing them, or before
+    with ``before_zero``), up to ``capacity`` bytes.  Yields a function
+    returning what was captured."""
+    if not TEST_HOOKS:
+        raise RuntimeError("debug_capture needs a test build (NOMYO_TEST_HOOKS=1)")
     scratch = ffi.new("unsigned char[]", capacity)
     lib.nomyo_debug_capture(scratch, capacity, 1 if before_zero else 0)
 

@@ -1,11 +1,15 @@
-"""The HTTP side: one pooled httpx client per nomyo client, capped reads,
-httpx failures and error statuses turned into nomyo exceptions (here, at the
-boundary, and nowhere else), and the retry policy.  Never sees plaintext:
-it moves sealed packages and the router's public key.
+"""The HTTP side: the connection pools (a sync client has one; an async
+client has a few per event loop, opened as requests pile up, see
+:class:`AsyncTransport`), capped reads, httpx failures and error statuses
+turned into nomyo exceptions (here, at the boundary, and nowhere else), and
+the retry policy with the call's deadline.  Never sees plaintext: it moves
+sealed packages and the router's public key.
 
 The retry policy is three small functions: :func:`should_retry` (is this
 failure worth another attempt?), :func:`retry_delay` (how long to wait?) and
-:func:`parse_retry_after` (what did the router ask for?).
+:func:`parse_retry_after` (what did the router ask for?), and one call's
+use of them, :class:`Attempts`: its deadline, each attempt's timeout and
+the backoff between attempts.
 """
 
 from __future__ import annotations
@@ -28,8 +32,12 @@ from ._constants import (
     MAX_ERROR_BODY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
     MAX_RETRY_DELAY,
+    POOL_KEEPALIVE_EXPIRY,
+    POOL_MAX_CONNECTIONS,
+    POOL_MAX_KEEPALIVE,
     POOL_SHARD_REQUESTS,
     RETRY_AFTER_CAP,
+    RETRY_JITTER,
     RETRY_STATUSES,
 )
 from ._exceptions import APIConnectionError, APIError, APITimeoutError, error_for_status
@@ -80,11 +88,55 @@ def retry_delay(
     """Seconds to sleep before retry number ``attempt`` (0-based): the router's
     ``Retry-After`` when it gave one (at most RETRY_AFTER_CAP), otherwise
     exponential backoff from INITIAL_RETRY_DELAY, capped at MAX_RETRY_DELAY,
-    with up to 25 % jitter downwards so clients spread out."""
+    with up to RETRY_JITTER (a quarter) jitter downwards so clients spread out."""
     if retry_after is not None:
         return min(retry_after, RETRY_AFTER_CAP)
     base: float = min(INITIAL_RETRY_DELAY * 2.0 ** min(attempt, 64), MAX_RETRY_DELAY)
-    return base * (1.0 - 0.25 * rand())
+    return base * (1.0 - RETRY_JITTER * rand())
+
+
+class Attempts:
+    """One call's attempts under the policy above: the deadline of the whole
+    call (``total`` seconds from now, or none), each attempt's timeout, and
+    whether and how long to wait before the next one."""
+
+    def __init__(
+        self,
+        *,
+        max_retries: int,
+        http_timeout: httpx.Timeout,
+        total: float | None,
+        url: str,
+        payload_id: str | None = None,
+    ) -> None:
+        self.max_retries, self.http_timeout = max_retries, http_timeout
+        self.url, self.payload_id = url, payload_id
+        self.deadline = None if total is None else time.monotonic() + total
+        self.made = 0  # retries so far
+
+    def timeout(self) -> httpx.Timeout:
+        """The next attempt's httpx timeout: what is left of the call's time.
+
+        :raises APITimeoutError: no time is left.
+        """
+        if self.deadline is None:
+            return self.http_timeout
+        remaining = self.deadline - time.monotonic()
+        if remaining <= 0:
+            raise APITimeoutError(f"timed out waiting for {self.url}", payload_id=self.payload_id)
+        return httpx.Timeout(remaining)
+
+    def backoff(self, error: APIError) -> float | None:
+        """Seconds to wait before retrying after ``error``, or None to give up
+        (not retryable, no retries left, or the wait would pass the deadline)."""
+        if self.made >= self.max_retries or not should_retry(error):
+            return None
+        delay = retry_delay(self.made, error.retry_after)
+        if self.deadline is not None and time.monotonic() + delay >= self.deadline:
+            return None
+        log.info("retrying after %s (%.2f s)", type(error).__name__, delay)
+        self.made += 1
+        return delay
 
 
 # ---------------------------------------------------------------- error mapping
@@ -106,11 +158,9 @@ def _status_error(response: httpx.Response, body: bytes, payload_id: str | None)
     except (ValueError, RecursionError):  # not JSON, or hostile nesting: no detail
         parsed = None
     retry_after = parse_retry_after(response.headers.get("retry-after"))
-    error = error_for_status(
+    return error_for_status(
         response.status_code, parsed, payload_id=payload_id, retry_after=retry_after
     )
-    error._retry_after = retry_after  # type: ignore[attr-defined]
-    return error
 
 
 def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
@@ -123,7 +173,11 @@ def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
 
 
 def _limits() -> httpx.Limits:
-    return httpx.Limits(max_connections=100, max_keepalive_connections=20, keepalive_expiry=30)
+    return httpx.Limits(
+        max_connections=POOL_MAX_CONNECTIONS,
+        max_keepalive_connections=POOL_MAX_KEEPALIVE,
+        keepalive_expiry=POOL_KEEPALIVE_EXPIRY,
+    )
 
 
 def _verify(verify: Verify) -> bool | ssl.SSLContext:
@@ -159,7 +213,8 @@ class _DeadlineStream(httpcore.NetworkStream):
     """A connection whose every read and write ends by the deadline of the
     request using it.  httpx's timeouts are per operation only, so without
     this a router sending a byte of its headers a second would hold a
-    blocking call for hours (the async client has ``asyncio.wait_for``)."""
+    blocking call for hours (the async engine bounds the whole call in its
+    task instead: ``asyncio.timeout``, or ``asyncio.wait_for`` before 3.11)."""
 
     def __init__(self, stream: httpcore.NetworkStream, deadline: _Deadline) -> None:
         self._stream, self._deadline = stream, deadline
@@ -226,8 +281,8 @@ class SyncTransport:
         self._deadline = _Deadline()
         pool = httpx.HTTPTransport(verify=_verify(verify), limits=_limits())
         # httpx takes no network backend of its own: set the one of its httpcore
-        # pool (private; tests/test_hostile_router.py's stalling routers fail if
-        # a new httpx or httpcore stops honouring it)
+        # pool (private; tests/test_client_stalling_routers.py fails if a new
+        # httpx or httpcore stops honouring it)
         inner = getattr(pool, "_pool", None)
         if inner is not None and hasattr(inner, "_network_backend"):
             inner._network_backend = _DeadlineBackend(self._deadline)

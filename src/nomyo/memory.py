@@ -790,3 +790,55 @@ _TOP_REFS = 10**9  # only while calibrating
 _NESTED_REFS = 10**9
 _TOP_REFS = _calibrate_top()
 _NESTED_REFS = 1 if _native is not None else _py_probe_nested([_fresh_text()])
+
+
+# ---------------------------------------------------------------- the lock budget (nomyo doctor)
+
+
+@dataclass(frozen=True)
+class LockBudget:
+    """How much secret memory this process can lock (what ``nomyo doctor`` prints).
+
+    :ivar cap_ipc_lock: the process holds CAP_IPC_LOCK: no limit applies.
+    :ivar limit: the soft RLIMIT_MEMLOCK in bytes; None when none applies.
+    :ivar locked: bytes locked now (``VmLck``).
+    :ivar per_request: about how many bytes of prompt one request can keep
+        locked (it locks the serialized prompt and the answer, plus
+        LOCK_REQUEST_OVERHEAD_BYTES); None when there is no limit.
+    :ivar enough: ``per_request`` is at least LOCK_BUDGET_ENOUGH_BYTES, or unlimited.
+    """
+
+    cap_ipc_lock: bool
+    limit: int | None
+    locked: int
+    per_request: int | None
+    enough: bool
+
+
+def _proc_status(field: str) -> str | None:
+    """The first value of ``field`` in /proc/self/status, or None."""
+    try:
+        with open("/proc/self/status", encoding="utf-8", errors="replace") as status:
+            for line in status:
+                if line.startswith(field + ":"):
+                    return line.split()[1]
+    except OSError:
+        pass
+    return None
+
+
+def lock_budget() -> LockBudget:
+    """Measure this process's lock budget from ``/proc/self/status`` (VmLck,
+    CapEff) and RLIMIT_MEMLOCK."""
+    from ._constants import LOCK_BUDGET_ENOUGH_BYTES, LOCK_REQUEST_OVERHEAD_BYTES
+
+    capabilities = _proc_status("CapEff")
+    cap_ipc_lock = capabilities is not None and bool(int(capabilities, 16) & (1 << 14))
+    limit = None if cap_ipc_lock else _memlock_limit()
+    locked_kib = _proc_status("VmLck")
+    locked = int(locked_kib) * 1024 if locked_kib is not None else 0
+    per_request = None
+    if limit is not None:
+        per_request = max(0, (limit - locked - LOCK_REQUEST_OVERHEAD_BYTES) // 2)
+    enough = per_request is None or per_request >= LOCK_BUDGET_ENOUGH_BYTES
+    return LockBudget(cap_ipc_lock, limit, locked, per_request, enough)

@@ -39,8 +39,12 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
+from ._chunks import chunks_of
 from ._client import SecureChatCompletion
-from ._constants import MAX_REQUEST_BYTES
+from ._constants import PROXY_DEFAULT_MODEL as DEFAULT_MODEL
+from ._constants import PROXY_MAX_BODY_BYTES as MAX_BODY_BYTES
+from ._constants import PROXY_MAX_MESSAGE_CHARS as MAX_MESSAGE_CHARS
+from ._constants import PROXY_MAX_PATH_CHARS as MAX_PATH_CHARS
 from ._exceptions import (
     APIConnectionError,
     APIError,
@@ -54,16 +58,9 @@ __all__ = ["create_proxy_app", "is_loopback"]
 
 log = logging.getLogger("nomyo.proxy")
 
-#: the largest request body read (the protocol's plaintext cap)
-MAX_BODY_BYTES = MAX_REQUEST_BYTES
-#: the one model listed when none are configured
-DEFAULT_MODEL = "nomyo"
 #: create()'s own options (and its ``self``): never taken from a request body,
 #: or a caller could send the proxy's API key to a router of its choosing
 RESERVED_FIELDS = ("api_key", "base_url", "security_tier", "self")
-#: the longest router error message passed on, and path echoed in a 404
-MAX_MESSAGE_CHARS = 1000
-MAX_PATH_CHARS = 200
 
 VERIFICATION_FAILED = "the router's answer failed verification"
 _INTERNAL = "internal error in the nomyo proxy"
@@ -217,54 +214,6 @@ def _dumps(obj: Any) -> bytes:
         wipe(text)
 
 
-def _delta(message: dict[str, Any]) -> dict[str, Any]:
-    """A whole message as one streamed delta; tool calls get their ``index``."""
-    delta: dict[str, Any] = {
-        "role": message.get("role", "assistant"),
-        "content": message.get("content"),
-    }
-    for key, value in message.items():
-        if key in ("role", "content"):
-            continue
-        if key == "tool_calls" and isinstance(value, list):
-            calls = [call for call in value if isinstance(call, dict)]
-            value = [{**call, "index": i} for i, call in enumerate(calls)]
-        delta[key] = value
-    return delta
-
-
-def chunks_of(answer: dict[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
-    """``answer`` (a chat.completion) as the chat.completion.chunk objects
-    OpenAI would have streamed: per choice, one delta with the whole message,
-    then one with the finish_reason; with ``include_usage`` a last chunk with
-    no choices and the usage."""
-    base: dict[str, Any] = {
-        "id": answer.get("id", ""),
-        "object": "chat.completion.chunk",
-        "created": answer.get("created", 0),
-        "model": answer.get("model", ""),
-    }
-    if "system_fingerprint" in answer:
-        base["system_fingerprint"] = answer["system_fingerprint"]
-    if include_usage:
-        base["usage"] = None
-    choices = answer.get("choices")
-    chunks: list[dict[str, Any]] = []
-    for position, choice in enumerate(choices if isinstance(choices, list) else []):
-        if not isinstance(choice, dict):
-            continue
-        index = choice.get("index", position)
-        message = choice.get("message")
-        delta = _delta(message if isinstance(message, dict) else {})
-        first = {"index": index, "delta": delta, "logprobs": choice.get("logprobs")}
-        chunks.append({**base, "choices": [{**first, "finish_reason": None}]})
-        last = {"index": index, "delta": {}, "logprobs": None}
-        chunks.append({**base, "choices": [{**last, "finish_reason": choice.get("finish_reason")}]})
-    if include_usage:
-        chunks.append({**base, "choices": [], "usage": answer.get("usage")})
-    return chunks
-
-
 def _event_stream(answer: dict[str, Any], include_usage: bool) -> bytes:
     events = [
         b"data: " + _dumps(chunk) + b"\n\n"
@@ -304,17 +253,28 @@ def create_proxy_app(
     *,
     models: Sequence[str] = (),
     api_key: str | None = None,
+    allowed_hosts: Sequence[str] | None = None,
 ) -> Starlette:
     """The Starlette application serving OpenAI's chat completions through ``client``.
+
+    The app checks the ``Host`` header of every request itself, whoever runs
+    it: by default only loopback names (``localhost``, ``127.0.0.1``,
+    ``[::1]``, any port) are answered, so a web page cannot reach a local
+    proxy under a host name of its own (DNS rebinding); any other Host gets
+    400 before the request is read.
 
     :param client: sends every request, sealed, to its router; the caller closes it.
     :param models: the names ``GET /v1/models`` lists (``"nomyo"`` when empty);
         requests may name any model.
     :param api_key: the router's API key for every request; when None, a
         request's own ``Authorization: Bearer`` key is used, else the client's.
-    :raises TypeError: ``client`` is not a SecureChatCompletion, ``models`` is
-        not a sequence of strings, or ``api_key`` is not a string.
-    :raises ValueError: an empty model name or ``api_key``.
+    :param allowed_hosts: the host names (without port) answered besides
+        the loopback ones; ``"*"`` answers any Host (for a proxy reached
+        under names not known in advance: it then has no DNS-rebinding guard).
+    :raises TypeError: ``client`` is not a SecureChatCompletion, ``models`` or
+        ``allowed_hosts`` is not a sequence of strings, or ``api_key`` is not
+        a string.
+    :raises ValueError: an empty model name, host name or ``api_key``.
     """
     if not isinstance(client, SecureChatCompletion):
         raise TypeError(f"client must be a SecureChatCompletion, not {type(client).__name__}")
@@ -326,6 +286,7 @@ def create_proxy_app(
         raise TypeError(f"api_key must be a string, not {type(api_key).__name__}")
     if api_key == "":
         raise ValueError("api_key must not be empty (None: take it from each request)")
+    hosts = _host_names(allowed_hosts)
     names = tuple(dict.fromkeys(models)) or (DEFAULT_MODEL,)
     listing = {"object": "list", "data": [_model(name) for name in names]}
 
@@ -418,7 +379,7 @@ def create_proxy_app(
         kind, code = _type_for(status)
         return _Failure(status, message, kind, code, headers=headers).response()
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route("/v1/chat/completions", chat_completions, methods=["POST"]),
             Route("/v1/models", list_models, methods=["GET"]),
@@ -427,6 +388,61 @@ def create_proxy_app(
         ],
         exception_handlers={HTTPException: http_error, Exception: http_error},
     )
+    if "*" not in hosts:
+        app.add_middleware(_HostGuard, hosts=hosts)
+    return app
+
+
+# ---------------------------------------------------------------- the Host guard
+
+
+def _host_names(allowed: Sequence[str] | None) -> frozenset[str]:
+    if allowed is None:
+        return frozenset()
+    if isinstance(allowed, str) or not all(isinstance(h, str) for h in allowed):
+        raise TypeError("allowed_hosts must be a sequence of strings")
+    if not all(h.strip() for h in allowed):
+        raise ValueError("allowed_hosts must not contain an empty name")
+    return frozenset(h.strip().strip("[]").rstrip(".").lower() for h in allowed)
+
+
+def host_of(header: str) -> str:
+    """The host name of a ``Host`` header value, without port or IPv6 brackets,
+    lowercased; "" when it cannot be a host."""
+    header = header.strip()
+    if header.startswith("["):
+        name, bracket, rest = header[1:].partition("]")
+        if not bracket or (rest and not (rest[0] == ":" and rest[1:].isdigit())):
+            return ""
+    elif header.count(":") > 1:  # a bare IPv6 address
+        name = header
+    else:
+        name, colon, port = header.rpartition(":")
+        if not colon:
+            name = port
+        elif not port.isdigit():
+            return ""
+    return name.rstrip(".").lower()
+
+
+class _HostGuard:
+    """ASGI middleware: 400 in OpenAI's error shape for an HTTP request whose
+    Host is neither a loopback name nor one of ``hosts``."""
+
+    def __init__(self, app: Any, hosts: frozenset[str]) -> None:
+        self.app = app
+        self.hosts = hosts
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            raw = [value for key, value in scope["headers"] if key == b"host"]
+            name = host_of(raw[0].decode("latin-1")) if len(raw) == 1 else ""
+            if not name or not (is_loopback(name) or name in self.hosts):
+                log.warning("refused a request for another Host (DNS rebinding?)")
+                failure = _Failure(400, "this Host is not served by the nomyo proxy")
+                await failure.response()(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
 def is_loopback(host: str) -> bool:

@@ -9,14 +9,19 @@ upstream, and never logs or returns a secret.
 
 Every error is JSON ``{"detail": ...}``: 400 for anything malformed (one
 generic detail per class of problem, never which check failed), 401 for a
-missing or wrong API key when keys are configured, 413 for a request over
-``MAX_REQUEST_BYTES`` of plaintext, 502/503/504 when the upstream fails.
+missing or wrong API key when keys are configured, 408 for a body not sent
+in full within ``body_timeout`` seconds, 413 for a request over
+``MAX_REQUEST_BYTES`` of plaintext, 503 with ``Retry-After`` when
+``max_concurrent`` requests are already in hand, 502/503/504 when the
+upstream fails.  A stranger can thus hold at most ``max_concurrent`` bodies
+of at most ``MAX_BODY_BYTES`` each, for at most ``body_timeout`` seconds.
 
 Needs the ``server`` extra (``pip install nomyo[server]``).
 """
 
 from __future__ import annotations
 
+import asyncio
 import hmac
 import json
 import logging
@@ -33,30 +38,32 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import _hybrid, _keys
 from ._constants import (
+    BUSY_RETRY_AFTER,
     COMPLETION_PATH,
+    DEFAULT_BODY_TIMEOUT,
+    DEFAULT_MAX_CONCURRENT,
+    ECHO_MAX_CHOICES,
+    MAX_API_KEY_FILE_BYTES,
+    MAX_PAYLOAD_ID_CHARS,
     MAX_REQUEST_BYTES,
     PUBLIC_KEY_PATH,
     SECURITY_TIERS,
     UPSTREAM_CONNECT_TIMEOUT,
     UPSTREAM_READ_TIMEOUT,
 )
+from ._constants import SERVE_MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._exceptions import SecurityError
 from .memory import wipe
 
-__all__ = ["ServerConfig", "create_app"]
+__all__ = ["ServerConfig", "create_app", "read_api_key_file"]
 
 log = logging.getLogger("nomyo.server")
-
-#: the largest package body: base64 of the largest plaintext, plus the JSON around it
-MAX_BODY_BYTES = (MAX_REQUEST_BYTES + 2) // 3 * 4 + 8192
-MAX_PAYLOAD_ID_CHARS = 128
-ECHO_MAX_CHOICES = 16
 
 _INVALID_PACKAGE = "invalid encrypted package"
 _INVALID_REQUEST = "invalid chat completion request"
@@ -70,18 +77,65 @@ class ServerConfig:
     :ivar api_keys: accepted bearer tokens; empty means no authentication.
     :ivar upstream: base URL of an OpenAI-compatible server, or None for echo.
     :ivar upstream_api_key: bearer token for the upstream.
+    :ivar body_timeout: seconds a request may take to send its whole body
+        (counted from when its headers are in); then 408 and the connection
+        is closed.
+    :ivar max_concurrent: requests handled at once; one more gets 503 with
+        ``Retry-After`` at once.
     """
 
     private_key: rsa.RSAPrivateKey
     api_keys: tuple[str, ...] = ()
     upstream: str | None = None
     upstream_api_key: str | None = field(default=None, repr=False)
+    body_timeout: float = DEFAULT_BODY_TIMEOUT
+    max_concurrent: int = DEFAULT_MAX_CONCURRENT
+
+    def __post_init__(self) -> None:
+        timeout = self.body_timeout
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) or not timeout > 0:
+            raise ValueError(f"body_timeout must be a positive number of seconds, not {timeout!r}")
+        limit = self.max_concurrent
+        if isinstance(limit, bool) or not isinstance(limit, int) or limit < 1:
+            raise ValueError(f"max_concurrent must be a positive int, not {limit!r}")
 
     def __repr__(self) -> str:
         return (
             f"ServerConfig(key={_keys.fingerprint(self.private_key)}, "
-            f"api_keys=<{len(self.api_keys)}>, upstream={self.upstream!r})"
+            f"api_keys=<{len(self.api_keys)}>, upstream={self.upstream!r}, "
+            f"body_timeout={self.body_timeout}, max_concurrent={self.max_concurrent})"
         )
+
+
+def read_api_key_file(path: str) -> tuple[str, ...]:
+    """The API keys in ``path``: one per line; blank lines and lines starting
+    with ``#`` are skipped.
+
+    The file is checked like a private key file: a regular file (a FIFO is
+    refused without blocking), owned by this user, no access for the group
+    or others, at most ``MAX_API_KEY_FILE_BYTES``.  No error names a key.
+
+    :raises FileNotFoundError: ``path`` does not exist.
+    :raises ValueError: not a regular file, too large, not UTF-8 text, no
+        key in it, or a key with spaces or control characters.
+    :raises nomyo.SecurityError: owned by another user, or others can access it.
+    """
+    with _keys.secret_file(path, "API key file", MAX_API_KEY_FILE_BYTES) as contents:
+        try:
+            text = bytes(contents).decode("utf-8")
+        except UnicodeDecodeError:
+            raise ValueError(f"API key file {path} is not UTF-8 text") from None
+    keys: list[str] = []
+    for number, line in enumerate(text.splitlines(), 1):
+        key = line.strip()
+        if not key or key.startswith("#"):
+            continue
+        if not key.isprintable() or any(c.isspace() for c in key):
+            raise ValueError(f"API key file {path}, line {number}: a key has no spaces")
+        keys.append(key)
+    if not keys:
+        raise ValueError(f"API key file {path} holds no key")
+    return tuple(dict.fromkeys(keys))
 
 
 class _Refused(Exception):
@@ -92,7 +146,35 @@ class _Refused(Exception):
 
 
 def _error(status: int, detail: str) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status)
+    # the rest of a refused request's body is never read: the connection closes,
+    # or uvicorn would keep it open, buffering what still comes
+    return JSONResponse({"detail": detail}, status_code=status, headers={"Connection": "close"})
+
+
+class _ConcurrencyCap:
+    """ASGI middleware: at most ``limit`` HTTP requests at once; one more is
+    answered 503 with Retry-After before anything of it is read."""
+
+    def __init__(self, app: Any, limit: int) -> None:
+        self.app = app
+        self.limit = limit
+        self.active = 0
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        if self.active >= self.limit:
+            log.warning("busy: %d requests in hand, answered 503", self.active)
+            busy = _error(503, "server busy, retry later")
+            busy.headers["Retry-After"] = str(BUSY_RETRY_AFTER)
+            await busy(scope, receive, send)
+            return
+        self.active += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.active -= 1
 
 
 def _check_api_key(request: Request, api_keys: Sequence[str]) -> None:
@@ -132,7 +214,8 @@ def _tier(request: Request) -> str | None:
     return tier
 
 
-async def _read_body(request: Request) -> bytes:
+async def _read_body(request: Request, timeout: float) -> bytes:
+    """The whole body, within ``timeout`` seconds, of at most MAX_BODY_BYTES."""
     declared = request.headers.get("content-length")
     if declared is not None:
         if not declared.isdigit():
@@ -140,10 +223,22 @@ async def _read_body(request: Request) -> bytes:
         if int(declared) > MAX_BODY_BYTES:
             raise _Refused(413, "request too large")
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
-        if len(body) > MAX_BODY_BYTES:
-            raise _Refused(413, "request too large")
+
+    async def collect() -> None:
+        async for chunk in request.stream():
+            body.extend(chunk)
+            if len(body) > MAX_BODY_BYTES:
+                raise _Refused(413, "request too large")
+
+    try:
+        await asyncio.wait_for(collect(), timeout)
+    except BaseException as exc:
+        del body[:]  # dropped now, not when the traceback that holds this frame goes
+        if isinstance(exc, asyncio.TimeoutError):
+            raise _Refused(408, "request body not received in time") from None
+        if isinstance(exc, ClientDisconnect):  # nobody to answer; not an internal error
+            raise _Refused(400, "request cut off") from None
+        raise
     return bytes(body)
 
 
@@ -339,7 +434,8 @@ def create_app(config: ServerConfig) -> Starlette:
             payload_id = _payload_id(request)
             client_key = _client_key(request)
             tier = _tier(request)
-            body = await _read_body(request)
+            remaining = config.body_timeout - (time.perf_counter() - started)
+            body = await _read_body(request, remaining)
             chat = await run_in_threadpool(_open_request, body, config.private_key)
             try:
                 if target is not None:
@@ -385,7 +481,7 @@ def create_app(config: ServerConfig) -> Starlette:
             state["upstream"] = client
             yield
 
-    return Starlette(
+    app = Starlette(
         routes=[
             Route(PUBLIC_KEY_PATH, public_key, methods=["GET"]),
             Route(COMPLETION_PATH, secure_completion, methods=["POST"]),
@@ -393,3 +489,5 @@ def create_app(config: ServerConfig) -> Starlette:
         exception_handlers={HTTPException: http_error, Exception: http_error},
         lifespan=lifespan,
     )
+    app.add_middleware(_ConcurrencyCap, limit=config.max_concurrent)
+    return app

@@ -14,7 +14,7 @@ import ssl
 import urllib.parse
 import uuid
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import FrozenInstanceError, dataclass, field
 from typing import Any
 
 import certifi
@@ -30,7 +30,7 @@ from nomyo import (
     _hybrid,
     _keys,
 )
-from nomyo._client import _SyncEngine
+from nomyo._client import _AsyncEngine, _SyncEngine
 from nomyo._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -98,15 +98,15 @@ def wire(monkeypatch: pytest.MonkeyPatch, keys: Keys) -> Wire:
     monkeypatch.setattr(_keys, "generate_private_key", lambda bits=2048: keys.client)
 
     def router_key(self: Any, *, force: bool = False, deadline: float | None = None) -> Any:
-        return self._core.accept_router_key(keys.router_pem)
+        return self.core.accept_router_key(keys.router_pem)
 
     async def async_router_key(
         self: Any, *, force: bool = False, deadline: float | None = None
     ) -> Any:
-        return self._core.accept_router_key(keys.router_pem)
+        return self.core.accept_router_key(keys.router_pem)
 
     monkeypatch.setattr(_SyncEngine, "router_key", router_key)
-    monkeypatch.setattr(SecureCompletionClient, "_router_key", async_router_key)
+    monkeypatch.setattr(_AsyncEngine, "router_key", async_router_key)
 
     recorded = Wire(router_key=keys.router)
 
@@ -387,7 +387,7 @@ def test_bad_max_retries(cls: type, value: Any) -> None:
 
 @pytest.mark.parametrize("value", [0, 5])
 def test_good_max_retries(value: int) -> None:
-    assert SyncSecureChatCompletion(URL, max_retries=value)._core.max_retries == value
+    assert SyncSecureChatCompletion(URL, max_retries=value)._core.config.max_retries == value
 
 
 @pytest.mark.parametrize("value", [0, -5, True, "10", 1.0, None])
@@ -398,7 +398,7 @@ def test_bad_max_response_bytes(cls: type, value: Any) -> None:
 
 
 def test_good_max_response_bytes() -> None:
-    assert SyncSecureChatCompletion(URL, max_response_bytes=1)._core.max_response_bytes == 1
+    assert SyncSecureChatCompletion(URL, max_response_bytes=1)._core.config.max_response_bytes == 1
 
 
 @pytest.mark.parametrize("value", [0, -1, "10", True, -0.5, [10]])
@@ -421,11 +421,11 @@ def test_good_timeout(kind: str, value: Any, wire: Wire) -> None:
 
 
 def test_timeout_sets_the_per_call_budget() -> None:
-    core = SyncSecureChatCompletion(URL, timeout=10)._core
+    core = SyncSecureChatCompletion(URL, timeout=10)._core.config
     assert core.total_timeout == 10.0 and core.http_timeout == httpx.Timeout(10.0)
-    core = SyncSecureChatCompletion(URL, timeout=httpx.Timeout(5))._core
+    core = SyncSecureChatCompletion(URL, timeout=httpx.Timeout(5))._core.config
     assert core.total_timeout is None and core.http_timeout == httpx.Timeout(5)
-    core = SyncSecureChatCompletion(URL, timeout=None)._core
+    core = SyncSecureChatCompletion(URL, timeout=None)._core.config
     assert core.total_timeout is None and core.http_timeout == httpx.Timeout(None)
 
 
@@ -454,7 +454,7 @@ def test_uppercase_fingerprint_is_normalised_and_pins(kind: str, keys: Keys, wir
     fingerprint = _keys.fingerprint(keys.router)
     upper = "SHA256:" + fingerprint.split(":", 1)[1].upper()
     client = make(kind, server_key_fingerprint=upper)
-    core = client._core if kind == "sync" else client.client._core
+    core = (client._core if kind == "sync" else client.client._core).config
     assert core.pin == fingerprint
     sends(kind, client, wire)  # the router's key matches the pin: the request goes out
 
@@ -473,7 +473,7 @@ def test_fingerprint_with_trailing_newline(keys: Keys) -> None:
         client = SyncSecureChatCompletion(URL, server_key_fingerprint=fingerprint + "\n")
     except ValueError:
         return
-    assert client._core.pin == fingerprint
+    assert client._core.config.pin == fingerprint
 
 
 @pytest.mark.parametrize("value", [123, None, b"/etc/ssl/certs/ca.pem", 1.0])
@@ -532,7 +532,7 @@ def test_api_key_from_the_environment(
     assert "Authorization" not in sends(kind, make(kind), wire)["headers"]  # control: none
     monkeypatch.setenv(API_KEY_ENV, "env-key")
     client = make(kind)
-    assert (client._core if kind == "sync" else client.client._core).api_key == "env-key"
+    assert (client._core if kind == "sync" else client.client._core).config.api_key == "env-key"
     assert sends(kind, client, wire)["headers"]["Authorization"] == "Bearer env-key"
     # an explicit api_key wins over the environment
     explicit = make(kind, api_key="explicit-key")
@@ -595,3 +595,17 @@ def test_each_attempt_is_sealed_to_the_router_key(kind: str, keys: Keys, wire: W
     with pytest.raises(SecurityError):  # control: not readable with another key
         _hybrid.open_json(wire.only()["content"], keys.other)
     assert wire.plaintext()["model"] == "test-model"
+
+
+def test_the_config_is_frozen_and_with_base_url_is_a_checked_copy() -> None:
+    config = SyncSecureChatCompletion(URL, max_retries=5, timeout=10)._core.config
+    with pytest.raises(FrozenInstanceError):
+        config.max_retries = 1  # type: ignore[misc]
+    other = config.with_base_url("https://other.example/")
+    assert other.base_url == "https://other.example"
+    assert (other.max_retries, other.total_timeout, other.pin) == (5, 10.0, config.pin)
+    assert config.base_url == URL  # the client's own is unchanged
+    with pytest.raises(SecurityError, match="plain HTTP"):  # checked as the first one was
+        config.with_base_url("http://other.example")
+    with pytest.raises(ValueError, match="base_url"):
+        config.with_base_url("ftp://other.example")
