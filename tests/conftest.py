@@ -20,7 +20,15 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from nomyo import _keys
 from nomyo.memory import BACKEND
 from tests.faults import FaultRouter
-from tests.servers import API_KEY, Endpoint, make_tls, start_server, stop
+from tests.servers import (
+    API_KEY,
+    UPSTREAM_KEY,
+    Endpoint,
+    FakeUpstream,
+    make_tls,
+    start_server,
+    stop,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 UNPRIVILEGED_UID = 65534
@@ -170,6 +178,36 @@ def server(
 ) -> Iterator[Endpoint]:
     endpoint = start_server(
         tls, router_key_file, tmp_path_factory.mktemp("serve"), "--api-key", API_KEY
+    )
+    yield endpoint
+    stop(endpoint)
+
+
+@pytest.fixture(scope="module")
+def upstream() -> Iterator[FakeUpstream]:
+    """An OpenAI-shaped upstream that records what it receives (tests/servers.py)."""
+    fake = FakeUpstream()
+    yield fake
+    fake.close()
+
+
+@pytest.fixture(scope="module")
+def proxied(
+    tls: dict[str, Path],
+    router_key_file: tuple[Path, rsa.RSAPrivateKey],
+    tmp_path_factory: pytest.TempPathFactory,
+    upstream: FakeUpstream,
+) -> Iterator[Endpoint]:
+    """``nomyo serve --upstream`` to :func:`upstream`, with its own API key."""
+    endpoint = start_server(
+        tls,
+        router_key_file,
+        tmp_path_factory.mktemp("proxied"),
+        "--upstream",
+        upstream.url + "/v1",
+        "--upstream-api-key-env",
+        "UPSTREAM_KEY",
+        env={"UPSTREAM_KEY": UPSTREAM_KEY},
     )
     yield endpoint
     stop(endpoint)

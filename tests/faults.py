@@ -69,6 +69,15 @@ def ok() -> Behaviour:
     return run
 
 
+def attested(value: Any) -> Behaviour:
+    """An echo answer whose _metadata carries ``tpm_attestation=value``."""
+
+    def run(ctx: Ctx) -> Response:
+        return Response(ctx.seal(ctx.answer(tpm_attestation=value)), media_type="application/json")
+
+    return run
+
+
 def status(code: int, *, retry_after: str | None = None, body: Any = None) -> Behaviour:
     def run(ctx: Ctx) -> Response:
         headers = {"Retry-After": retry_after} if retry_after is not None else {}

@@ -23,6 +23,16 @@ from nomyo import _hybrid, _keys
 API_KEY = "test-api-key-" + uuid.uuid4().hex
 UPSTREAM_KEY = "upstream-key-" + uuid.uuid4().hex
 MARKER = "marker-" + uuid.uuid4().hex  # a prompt no log line may contain
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "description": "look something up",
+            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
+        },
+    }
+]
 
 
 @dataclass
@@ -145,11 +155,31 @@ def post(
         )
 
 
+class ThreadedApp:
+    """An ASGI app served by uvicorn on a thread, plain HTTP on a free loopback port."""
+
+    def __init__(self, app: Any) -> None:
+        import uvicorn
+
+        self.server = uvicorn.Server(
+            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
+        )
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.02)
+        port = self.server.servers[0].sockets[0].getsockname()[1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(10)
+
+
 class FakeUpstream:
     """An OpenAI-compatible /v1/chat/completions that records what it gets."""
 
     def __init__(self, status: int = 200) -> None:
-        import uvicorn
         from starlette.applications import Starlette
         from starlette.requests import Request
         from starlette.responses import JSONResponse
@@ -181,16 +211,8 @@ class FakeUpstream:
             )
 
         app = Starlette(routes=[Route("/v1/chat/completions", completions, methods=["POST"])])
-        self.server = uvicorn.Server(
-            uvicorn.Config(app, host="127.0.0.1", port=0, log_level="warning")
-        )
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.02)
-        port = self.server.servers[0].sockets[0].getsockname()[1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.app = ThreadedApp(app)
+        self.url = self.app.url
 
     def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(10)
+        self.app.close()

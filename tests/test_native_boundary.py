@@ -7,7 +7,7 @@
   into test builds (see tests/test_package.py for the installed build);
 - ``NOMYO_MEMORY_BACKEND=python`` loads no compiled nomyo code, whatever
   the request path touches (checked in /proc/self/maps after a round trip
-  against ``nomyo serve``).
+  against ``nomyo serve`` and one through nomyo-js's tag-inside form).
 """
 
 from __future__ import annotations
@@ -153,6 +153,13 @@ call = answer["choices"][0]["message"]["tool_calls"][0]  # echo answers tools wi
 assert json.loads(call["function"]["arguments"]) == {"text": "maps \\u00e9 \\U0001f512"}, answer
 secret = bytearray(b"wiped too")
 nomyo.wipe(secret)
+# nomyo-js's form (tag inside the ciphertext), as nomyo serve reads and writes it
+from nomyo import _keys
+key = _keys.generate_private_key(2048)
+sealed = _hybrid.seal_json({"js": "\u00e9"}, key.public_key(), tag_inside=True)
+plain, inside = _hybrid.open_package_either(sealed, key)
+with plain:
+    assert inside and _hybrid.parse(plain) == {"js": "\u00e9"}
 package = os.path.dirname(nomyo.__file__)
 mapped = sorted({line.split(None, 5)[5] for line in open("/proc/self/maps")
                  if len(line.split(None, 5)) == 6})

@@ -21,20 +21,10 @@ import nomyo
 from nomyo import SecurityError, _keys
 from nomyo.openai import AsyncOpenAI, OpenAI, metadata
 
-from .faults import FaultRouter, ok, slow, status
-from .servers import API_KEY, MARKER, Endpoint
+from .faults import FaultRouter, attested, ok, slow, status
+from .servers import API_KEY, MARKER, TOOLS, Endpoint
 
 PROMPT = [{"role": "user", "content": MARKER}]
-TOOLS = [
-    {
-        "type": "function",
-        "function": {
-            "name": "lookup",
-            "description": "look something up",
-            "parameters": {"type": "object", "properties": {"text": {"type": "string"}}},
-        },
-    }
-]
 
 
 @dataclass
@@ -198,6 +188,60 @@ def test_tier_goes_as_x_security_tier(router: FaultRouter, make: Callable[..., O
             model="echo", messages=PROMPT, extra_headers={"X-Security-Tier": "ultra"}
         )
     assert len(router.posts) == 1  # the bad tier sent nothing
+
+
+class Verifier:
+    """Accepts the attestation "good" only, recording what it was given."""
+
+    def __init__(self) -> None:
+        self.calls: list[tuple[Any, str]] = []
+
+    def __call__(self, attestation: Any, payload_id: str) -> bool:
+        self.calls.append((attestation, payload_id))
+        return attestation == "good"
+
+
+def test_attestation_checked_through_the_sdk(
+    router: FaultRouter, make: Callable[..., OpenAI]
+) -> None:
+    verifier = Verifier()
+    client = make(router.url, attestation_verifier=verifier, require_attestation=True)
+    router.script = [attested("good"), attested("forged"), ok()]
+    # control: an answer the verifier accepts comes back, with what it checked
+    completion = client.chat.completions.create(model="echo", messages=PROMPT)
+    meta = metadata(completion)
+    assert meta is not None and meta["tpm_attestation"] == "good"
+    assert verifier.calls == [("good", router.posts[-1].headers["x-payload-id"])]
+    for message in ("rejected", "no tpm_attestation"):  # a forged one, then none at all
+        with pytest.raises(SecurityError, match=message) as caught:
+            client.chat.completions.create(model="echo", messages=PROMPT)
+        assert isinstance(caught.value, openai.OpenAIError)  # re-raised, never retried
+    assert len(router.posts) == 3
+    with pytest.raises(ValueError, match="needs an attestation_verifier"):
+        make(router.url, require_attestation=True)
+
+
+def test_async_attestation_checked_through_the_sdk(
+    router: FaultRouter, tls: dict[str, Path], key_dir: Path
+) -> None:
+    verifier = Verifier()
+    router.script = [attested("good"), attested("forged")]
+
+    async def go() -> None:
+        async with AsyncOpenAI(
+            base_url=router.url,
+            api_key=API_KEY,
+            verify=str(tls["ca"]),
+            key_dir=key_dir,
+            attestation_verifier=verifier,
+        ) as client:
+            completion = await client.chat.completions.create(model="echo", messages=PROMPT)
+            assert completion.choices[0].message.content == MARKER  # control
+            with pytest.raises(SecurityError, match="rejected"):
+                await client.chat.completions.create(model="echo", messages=PROMPT)
+
+    asyncio.run(go())
+    assert [attestation for attestation, _ in verifier.calls] == ["good", "forged"]
 
 
 def test_openai_api_key_is_never_sent_to_the_router(

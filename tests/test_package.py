@@ -35,7 +35,12 @@ EXPECTED = {
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
     "__version__",
+    "disable_secure_memory",
+    "enable_secure_memory",
+    "get_memory_protection_info",
     "protection",
+    "secure_bytearray",
+    "secure_bytes",
     "wipe",
 }
 

@@ -9,7 +9,6 @@ import json
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -269,35 +268,7 @@ def test_no_secret_in_any_log_line(server: Endpoint, client_key: rsa.RSAPrivateK
     assert "PRIVATE KEY" not in logs and "router key password" not in logs
 
 
-# ------------------------------------------------------------------ upstream
-
-
-@pytest.fixture(scope="module")
-def upstream() -> Iterator[FakeUpstream]:
-    fake = FakeUpstream()
-    yield fake
-    fake.close()
-
-
-@pytest.fixture(scope="module")
-def proxied(
-    tls: dict[str, Path],
-    router_key_file: tuple[Path, rsa.RSAPrivateKey],
-    tmp_path_factory: pytest.TempPathFactory,
-    upstream: FakeUpstream,
-) -> Iterator[Endpoint]:
-    endpoint = start_server(
-        tls,
-        router_key_file,
-        tmp_path_factory.mktemp("proxied"),
-        "--upstream",
-        upstream.url + "/v1",
-        "--upstream-api-key-env",
-        "UPSTREAM_KEY",
-        env={"UPSTREAM_KEY": UPSTREAM_KEY},
-    )
-    yield endpoint
-    stop(endpoint)
+# ------------------------------------------------------------ upstream (fixtures in conftest)
 
 
 def test_upstream_gets_the_decrypted_request(

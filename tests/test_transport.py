@@ -240,7 +240,7 @@ def test_error_for_status_maps_the_table(status: int, cls: type[APIError], retri
     assert exc.status_code == status
     assert exc.error_details is body
     assert exc.payload_id == PAYLOAD_ID
-    assert str(exc) == f"{status}: the router says no"
+    assert str(exc) == "the router says no"  # the message alone, as 0.2.9 gives it
 
 
 def test_error_for_status_passes_retry_after_to_rate_limit_error() -> None:
@@ -276,13 +276,12 @@ def test_error_for_status_generic_message(
     assert exc.error_details is body
     assert exc.payload_id == PAYLOAD_ID
     assert isinstance(exc.message, str) and exc.message
-    assert str(status) in str(exc)
-    assert exc.message in str(exc)
+    assert str(exc) == exc.message
     assert "SECRET" not in str(exc) and "SECRET" not in exc.message
 
 
 def test_error_for_status_unknown_status_names_it() -> None:
-    assert str(error_for_status(418, None)) == "418: unexpected status 418"
+    assert str(error_for_status(418, None)) == "unexpected status 418"
 
 
 def test_only_detail_reaches_the_message() -> None:

@@ -13,8 +13,10 @@ The public surface is flat: import everything from ``nomyo``::
 from __future__ import annotations
 
 import logging
+import sys
 from typing import TYPE_CHECKING, Any
 
+from . import _v029_client
 from ._client import SecureChatCompletion, SecureCompletionClient, SyncSecureChatCompletion
 from ._exceptions import (
     APIConnectionError,
@@ -31,11 +33,21 @@ from ._exceptions import (
     ServiceUnavailableError,
 )
 from .memory import MemoryProtection, SecureBuffer, protection, wipe
+from .SecureMemory import (
+    disable_secure_memory,
+    enable_secure_memory,
+    get_memory_protection_info,
+    secure_bytearray,
+    secure_bytes,
+)
 
 if TYPE_CHECKING:
     from ._sdk_transport import AsyncSecureTransport, SecureTransport
 
 __version__ = "0.3.0.dev0"
+
+# 0.2.9's import path for the module; the attribute stays the class (see _v029_client)
+sys.modules[f"{__name__}.SecureCompletionClient"] = _v029_client
 
 # silent unless the application configures logging
 logging.getLogger("nomyo").addHandler(logging.NullHandler())
@@ -61,7 +73,12 @@ __all__ = [
     "ServiceUnavailableError",
     "SyncSecureChatCompletion",
     "__version__",
+    "disable_secure_memory",
+    "enable_secure_memory",
+    "get_memory_protection_info",
     "protection",
+    "secure_bytearray",
+    "secure_bytes",
     "wipe",
 ]
 

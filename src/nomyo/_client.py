@@ -26,7 +26,8 @@ One request, file:function per hop (the sync twin: the same, blocking)::
                         (decode, replay check (_Replays), authenticate, parse; every
                         failure to authenticate is one opaque SecurityError)
     bind                _client:_bind  a JSON object, not another request's payload_id,
-                                       _metadata filled in
+                                       _metadata filled in, the router's attestation
+                                       checked (Config.attestation_verifier)
     return              the chat.completion dict
 """
 
@@ -37,6 +38,7 @@ import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
+import inspect
 import math
 import os
 import re
@@ -47,7 +49,7 @@ import urllib.parse
 import uuid
 import warnings
 from collections import OrderedDict
-from collections.abc import AsyncIterator, Callable, Coroutine, Mapping
+from collections.abc import AsyncIterator, Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
@@ -62,6 +64,7 @@ from ._constants import (
     BASE_URL_ENV,
     COMPLETION_PATH,
     DEFAULT_BASE_URL,
+    DEFAULT_KEY_BITS,
     DEFAULT_MAX_RESPONSE_BYTES,
     DEFAULT_MAX_RETRIES,
     DEFAULT_TIMEOUT,
@@ -287,6 +290,13 @@ class _ClientKeys:
             return self._future.result()
         return await asyncio.wrap_future(self._future)
 
+    def peek(self) -> KeyPair | None:
+        """The pair if it is ready, without starting or waiting for it."""
+        future = self._future
+        if future.done() and future.exception() is None:
+            return future.result()
+        return None
+
 
 # ---------------------------------------------------------------- the shared core
 
@@ -324,12 +334,20 @@ class _Replays:
                 self._seen.popitem(last=False)
 
 
-def _bind(answer: Any, payload_id: str, processed_at: int | None) -> dict[str, Any]:
-    """An opened answer, checked to be this request's chat.completion, with
-    ``_metadata`` filled in; anything else is wiped and refused.
+#: ``verifier(attestation, payload_id)``: returns to accept, raises (or returns
+#: False) to reject.  ``attestation`` is ``_metadata["tpm_attestation"]`` exactly
+#: as the router sent it (any JSON value): its format is the verifier's business.
+AttestationVerifier = Callable[[Any, str], Any]
 
-    :raises SecurityError: not a JSON object, a malformed ``_metadata``, or
-        another request's ``payload_id``.
+
+def _bind(answer: Any, payload_id: str, processed_at: int | None, config: Config) -> dict[str, Any]:
+    """An opened answer, checked to be this request's chat.completion, with
+    ``_metadata`` filled in and the router's attestation accepted under
+    ``config``'s policy; anything else is wiped and refused.
+
+    :raises SecurityError: not a JSON object, a malformed ``_metadata``,
+        another request's ``payload_id``, or an attestation missing under
+        ``require_attestation`` or rejected by ``attestation_verifier``.
     """
     if not isinstance(answer, dict):
         wipe(answer)
@@ -349,7 +367,36 @@ def _bind(answer: Any, payload_id: str, processed_at: int | None) -> dict[str, A
         is_encrypted=True,
         encryption_algorithm=PACKAGE_ALGORITHM,
     )
+    if config.attestation_verifier is not None:
+        _attest(answer, metadata.get("tpm_attestation"), payload_id, config)
     return answer
+
+
+def _attest(answer: dict[str, Any], attestation: Any, payload_id: str, config: Config) -> None:
+    """Hand the router's ``tpm_attestation`` to the verifier before the answer
+    is returned; an answer without one under ``require_attestation``, or one
+    the verifier rejects, is wiped and becomes SecurityError."""
+    verifier = config.attestation_verifier
+    assert verifier is not None, "checked by the caller"
+    if attestation is None:
+        if config.require_attestation:
+            wipe(answer)
+            raise SecurityError(
+                "the answer carries no tpm_attestation and require_attestation=True"
+            )
+        return
+    try:
+        verdict = verifier(attestation, payload_id)
+    except Exception as exc:
+        wipe(answer)
+        raise SecurityError(
+            f"attestation_verifier rejected the router's attestation ({type(exc).__name__})"
+        ) from exc
+    if inspect.isawaitable(verdict) or verdict is False:
+        if inspect.iscoroutine(verdict):
+            verdict.close()  # never awaited: a verdict that cannot be read is a rejection
+        wipe(answer)
+        raise SecurityError("attestation_verifier rejected the router's attestation")
 
 
 @dataclass(frozen=True, eq=False)
@@ -373,6 +420,8 @@ class Config:
     max_retries: int = DEFAULT_MAX_RETRIES
     max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES
     verify: Verify = True
+    attestation_verifier: AttestationVerifier | None = field(default=None, repr=False)
+    require_attestation: bool = False
     http_timeout: httpx.Timeout = field(init=False, repr=False)
     total_timeout: float | None = field(init=False, repr=False)
 
@@ -389,6 +438,8 @@ class Config:
         max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
     ) -> Config:
         """The constructors' options, with the environment's defaults for
         ``base_url`` (NOMYO_BASE_URL) and ``api_key`` (NOMYO_API_KEY)."""
@@ -406,6 +457,8 @@ class Config:
             max_retries,
             max_response_bytes,
             verify,
+            attestation_verifier,
+            require_attestation,
         )
         return _warn_if_plain_http(config)
 
@@ -439,10 +492,33 @@ class Config:
                 put("verify", ssl.create_default_context(cafile=verify))
             except (OSError, ssl.SSLError) as exc:
                 raise ValueError(f"verify: cannot load the CA file {verify}: {exc}") from exc
+        verifier = self.attestation_verifier
+        if not isinstance(self.require_attestation, bool):
+            raise TypeError("require_attestation must be True or False")
+        if verifier is None and self.require_attestation:
+            raise ValueError(
+                "require_attestation=True needs an attestation_verifier: only the "
+                "verifier knows what the router's tpm_attestation must prove"
+            )
+        if verifier is not None and not callable(verifier):
+            raise TypeError("attestation_verifier must be a callable(attestation, payload_id)")
+        if inspect.iscoroutinefunction(verifier):
+            raise TypeError(
+                "attestation_verifier must be a plain function, not a coroutine function"
+            )
 
     def with_base_url(self, base_url: str) -> Config:
         """The same settings for another router (checked as the first one was)."""
         return _warn_if_plain_http(dataclasses.replace(self, base_url=base_url))
+
+    def changed(self, **changes: Any) -> Config:
+        """These settings with some changed, checked as at construction (what
+        the published client's attribute setters use); a new ``http://``
+        router warns as a new client would."""
+        config = dataclasses.replace(self, **changes)
+        if config.base_url != self.base_url:
+            _warn_if_plain_http(config)
+        return config
 
     @property
     def key_url(self) -> str:
@@ -581,7 +657,7 @@ class _Core:
         answer, processed_at = _hybrid.open_answer(
             body, pair.private_key, self.replays, secure=self.config.secure_memory, locked=locked
         )
-        return _bind(answer, payload_id, processed_at)
+        return _bind(answer, payload_id, processed_at, self.config)
 
     # -- one call
 
@@ -890,6 +966,34 @@ class _SyncEngine:
 # ---------------------------------------------------------------- the published API
 
 
+def _reconfigure(core: _Core, **changes: Any) -> None:
+    """The published attribute setters: the engine's settings replaced by a
+    copy checked as at construction (:meth:`Config.changed`); the key pair,
+    replay memory and process stay; the router key is kept only for the same
+    router.  A refused value changes nothing."""
+    config = core.config.changed(**changes)
+    if config.base_url != core.config.base_url:
+        core.router = None  # another router: its key is fetched afresh
+    core.config = config
+
+
+class _Done:
+    """What :meth:`SecureCompletionClient.generate_keys` and ``load_keys``
+    return: the work is done when they return, and ``await`` on the result
+    (as the published 0.2.9 README writes it) does nothing more."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Iterator[None]:
+        return iter(())
+
+    def __repr__(self) -> str:
+        return "<done>"
+
+
+_DONE = _Done()
+
+
 class SecureCompletionClient:
     """The published lower-level client (async): keys, router key, seal, send, open.
 
@@ -917,6 +1021,8 @@ class SecureCompletionClient:
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
         _engine: _AsyncEngine | None = None,
     ) -> None:
         if _engine is None:
@@ -930,45 +1036,95 @@ class SecureCompletionClient:
                 max_retries=max_retries,
                 max_response_bytes=max_response_bytes,
                 verify=verify,
+                attestation_verifier=attestation_verifier,
+                require_attestation=require_attestation,
             )
             keys = _ClientKeys(key_dir, key_password, eager=False)
             _engine = _AsyncEngine(_Core(config, keys))
         self._engine = _engine
         self._core = _engine.core
+        self._key_size = DEFAULT_KEY_BITS
 
     def __repr__(self) -> str:
         return f"<SecureCompletionClient {self.router_url}>"
 
+    # -- the published client's attributes (docs/migrating.md)
+
     @property
     def router_url(self) -> str:
+        """The router; settable (checked as at construction: ``http://`` needs
+        ``allow_http``), the next request goes there and fetches its key."""
         return self._core.config.base_url
+
+    @router_url.setter
+    def router_url(self, url: str) -> None:
+        _reconfigure(self._core, base_url=url)
+
+    @property
+    def allow_http(self) -> bool:
+        """Whether ``http://`` routers are allowed; setting False while the
+        router is ``http://`` raises SecurityError."""
+        return self._core.config.allow_http
+
+    @allow_http.setter
+    def allow_http(self, value: bool) -> None:
+        _reconfigure(self._core, allow_http=bool(value))
+
+    @property
+    def max_retries(self) -> int:
+        """Extra attempts after 429/5xx/connection failures; settable."""
+        return self._core.config.max_retries
+
+    @max_retries.setter
+    def max_retries(self, value: int) -> None:
+        _reconfigure(self._core, max_retries=value)
+
+    @property
+    def key_size(self) -> int:
+        """The modulus size :meth:`generate_keys` uses (>= 2048); settable."""
+        return self._key_size
+
+    @key_size.setter
+    def key_size(self, bits: int) -> None:
+        self._key_size = _keys._check_bits(bits)
+
+    @property
+    def public_key_pem(self) -> str | None:
+        """The client's public key as PEM, or None while there is no key pair yet."""
+        pair = self._core.keys.peek()
+        return None if pair is None else pair.public_pem
+
+    # -- the published client's key methods
 
     def generate_keys(
         self,
         save_to_file: bool = False,
         key_dir: str | os.PathLike[str] = "client_keys",
         password: str | bytes | None = None,
-    ) -> None:
-        """Make a new 4096-bit client key pair (blocking); with ``save_to_file``
+    ) -> _Done:
+        """Make a new client key pair of :attr:`key_size` bits (blocking; the
+        result may be awaited, as 0.2.9's README does); with ``save_to_file``
         also write ``private_key.pem`` (0600, encrypted with ``password``) and
         ``public_key.pem`` into ``key_dir``, never over existing files.
 
         :raises FileExistsError: a key file is already there.
         """
-        private_key = _keys.generate_private_key()
+        private_key = _keys.generate_private_key(self._key_size)
         if save_to_file:
             folder = Path(key_dir)
             _keys.save_private_key(private_key, folder / PRIVATE_KEY_FILE, password=password)
             _keys.save_public_key(private_key, folder / PUBLIC_KEY_FILE)
         self._core.keys.set(KeyPair.of(private_key))
+        return _DONE
 
     def load_keys(
         self,
         private_key_path: str | os.PathLike[str],
         public_key_path: str | os.PathLike[str] | None = None,
         password: str | bytes | None = None,
-    ) -> None:
-        """Use the key pair in these files (the public one is derived when not given).
+    ) -> _Done:
+        """Use the key pair in these files (the public one is derived when not
+        given); the result may be awaited, as 0.2.9's README does.
 
         :raises ValueError: a file cannot be loaded (naming it), or the two do not match.
         """
@@ -976,6 +1132,7 @@ class SecureCompletionClient:
         if public is not None and not public.exists():
             raise ValueError(f"cannot load the client key {public}: no such file")
         self._core.keys.set(_load_pair(Path(private_key_path), public, password))
+        return _DONE
 
     async def fetch_server_public_key(self) -> str:
         """Fetch the router's public key (PEM), check it against the pin and cache it.
@@ -1025,9 +1182,9 @@ class SecureCompletionClient:
 
 
 class _ChatClient:
-    """What the two chat clients share: their parameters (the published ones
-    positional, the rest keyword-only), one :class:`Config`, one core, and
-    the key pair started at once so the first request waits less."""
+    """What the two chat clients share: their parameters (the published
+    0.2.9 six positional, the rest keyword-only), one :class:`Config`, one
+    core, and the key pair started at once so the first request waits less."""
 
     def __init__(
         self,
@@ -1035,14 +1192,16 @@ class _ChatClient:
         allow_http: bool = False,
         api_key: str | None = None,
         secure_memory: bool = True,
-        *,
         key_dir: str | os.PathLike[str] | None = None,
+        max_retries: int = DEFAULT_MAX_RETRIES,
+        *,
         key_password: str | bytes | None = None,
         server_key_fingerprint: str | None = None,
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_retries: int = DEFAULT_MAX_RETRIES,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         verify: Verify = True,
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
     ) -> None:
         config = Config.of(
             base_url,
@@ -1054,6 +1213,8 @@ class _ChatClient:
             max_retries=max_retries,
             max_response_bytes=max_response_bytes,
             verify=verify,
+            attestation_verifier=attestation_verifier,
+            require_attestation=require_attestation,
         )
         self._core = _Core(config, _ClientKeys(key_dir, key_password, eager=True))
         self._start()
@@ -1068,6 +1229,15 @@ class _ChatClient:
     @property
     def base_url(self) -> str:
         return self._core.config.base_url
+
+    @property
+    def api_key(self) -> str | None:
+        """The bearer key sent with every request; settable (0.2.9)."""
+        return self._core.config.api_key
+
+    @api_key.setter
+    def api_key(self, value: str | None) -> None:
+        _reconfigure(self._core, api_key=value)
 
 
 def _request(
@@ -1110,6 +1280,14 @@ class SecureChatCompletion(_ChatClient):
     :param max_retries: extra attempts after 429/5xx/connection failures.
     :param max_response_bytes: the largest answer read.
     :param verify: True, a CA file path or an ``ssl.SSLContext``.
+    :param attestation_verifier: ``verifier(attestation, payload_id)``, called
+        with the router's ``_metadata["tpm_attestation"]`` (as sent: its format
+        is the verifier's to know) before an answer is returned; it returns to
+        accept and raises (or returns False) to reject, which makes the answer
+        a SecurityError.  It runs in the calling thread (the event loop, for
+        the async client): keep it quick.
+    :param require_attestation: an answer without ``tpm_attestation`` is a
+        SecurityError; needs ``attestation_verifier``.
     :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
     :raises ValueError: a malformed option, or a key file that cannot be loaded.
     """

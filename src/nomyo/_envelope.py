@@ -27,7 +27,7 @@ from ._constants import (
     TAG_BYTES,
 )
 
-__all__ = ["MalformedPackage", "Package", "decode", "encode"]
+__all__ = ["MalformedPackage", "Package", "decode", "decode_either", "encode", "encode_tag_inside"]
 
 
 class MalformedPackage(ValueError):
@@ -86,16 +86,23 @@ _TAIL = b"".join(
 
 def encode(package: Package) -> bytes:
     """The package as the UTF-8 JSON object the protocol sends."""
+    return _encode(
+        package.ciphertext, package.nonce, package.tag, package.wrapped_key, package.processed_at
+    )
+
+
+def _encode(
+    ciphertext: Bytes, nonce: Bytes, tag: Bytes | None, wrapped_key: Bytes, processed_at: int | None
+) -> bytes:
+    """The package's JSON; with ``tag`` None, ``ciphertext`` already ends
+    with the tag and no ``tag`` field is written (the variant's form)."""
     # (field,) pieces are written as base64; the rest as they are
-    pieces: list[Any] = [
-        _HEAD, (package.ciphertext,),
-        b'","nonce":"', (package.nonce,),
-        b'","tag":"', (package.tag,),
-        b'"},"encrypted_aes_key":"', (package.wrapped_key,),
-        b'"', _TAIL,
-    ]  # fmt: skip
-    if package.processed_at is not None:
-        pieces += [b',"processed_at":', str(int(package.processed_at)).encode("ascii")]
+    pieces: list[Any] = [_HEAD, (ciphertext,), b'","nonce":"', (nonce,)]
+    if tag is not None:
+        pieces += [b'","tag":"', (tag,)]
+    pieces += [b'"},"encrypted_aes_key":"', (wrapped_key,), b'"', _TAIL]
+    if processed_at is not None:
+        pieces += [b',"processed_at":', str(int(processed_at)).encode("ascii")]
     pieces.append(b"}")
     return _pack(pieces)
 
@@ -192,16 +199,11 @@ def _parse(data: bytes | bytearray | memoryview | str) -> Any:
     return json.loads(text, object_pairs_hook=_unique_keys)
 
 
-def decode(
-    data: bytes | bytearray | memoryview | str, *, key_bytes: int, consume: bool = False
-) -> Package:
-    """Parse and check a package addressed to a key of ``key_bytes`` bytes.
-
-    With ``consume``, a bytearray ``data`` is emptied as soon as it is parsed,
-    so a large package is not held twice while its fields are decoded.
-
-    :raises MalformedPackage: anything about it is off.
-    """
+def _checked(
+    data: bytes | bytearray | memoryview | str, consume: bool
+) -> tuple[dict[str, Any], dict[str, Any], int | None]:
+    """(the package object, its encrypted_payload, processed_at): the JSON
+    parsed and every field but the payload's bytes checked."""
     try:
         obj = _parse(data)
     except MalformedPackage:
@@ -223,6 +225,20 @@ def decode(
         not isinstance(processed_at, int) or isinstance(processed_at, bool)
     ):
         raise MalformedPackage("field 'processed_at' must be an int")
+    return obj, payload, processed_at
+
+
+def decode(
+    data: bytes | bytearray | memoryview | str, *, key_bytes: int, consume: bool = False
+) -> Package:
+    """Parse and check a package addressed to a key of ``key_bytes`` bytes.
+
+    With ``consume``, a bytearray ``data`` is emptied as soon as it is parsed,
+    so a large package is not held twice while its fields are decoded.
+
+    :raises MalformedPackage: anything about it is off.
+    """
+    obj, payload, processed_at = _checked(data, consume)
     return Package(
         ciphertext=_bytes_field(payload, "ciphertext", None),
         nonce=_bytes_field(payload, "nonce", NONCE_BYTES),
@@ -230,3 +246,56 @@ def decode(
         wrapped_key=_bytes_field(obj, "encrypted_aes_key", key_bytes),
         processed_at=processed_at,
     )
+
+
+# ---------------------------------------------------------------- the tag-inside variant
+#
+# nomyo-js 0.1.0 (Web Crypto) sends and reads ``encrypted_payload`` as
+# ``{"ciphertext": B64(ciphertext || tag), "nonce": B64}``, with no "tag"
+# field (PROTOCOL.md, "A variant in the wild").  Only the reference endpoint
+# accepts it; the client always sends and expects the separate tag.
+
+
+def encode_tag_inside(
+    sealed: Bytes, nonce: Bytes, wrapped_key: Bytes, processed_at: int | None = None
+) -> bytes:
+    """A package in the tag-inside form: ``sealed`` is ciphertext || tag, as
+    AES-GCM gives it, and is written as one base64 field."""
+    return _encode(sealed, nonce, None, wrapped_key, processed_at)
+
+
+def decode_either(
+    data: bytes | bytearray | memoryview | str, *, key_bytes: int
+) -> tuple[Package, bool]:
+    """As :func:`decode`, accepting both forms of ``encrypted_payload``:
+    ``(package, tag_inside)``.
+
+    Exactly one interpretation per package, chosen by the presence of the
+    ``tag`` field alone: with it, the separate form, checked as strictly as
+    :func:`decode` checks it; without it, the ciphertext must hold at least
+    ``TAG_BYTES`` and its last ``TAG_BYTES`` are the tag.  A package is never
+    tried both ways.
+
+    :raises MalformedPackage: anything about it is off.
+    """
+    obj, payload, processed_at = _checked(data, False)
+    sealed = _bytes_field(payload, "ciphertext", None)
+    tag_inside = "tag" not in payload  # the protocol's own form: the variant is not tried
+    if not tag_inside:
+        tag = _bytes_field(payload, "tag", TAG_BYTES)
+    elif len(sealed) < TAG_BYTES:
+        raise MalformedPackage(f"field 'ciphertext' must hold at least {TAG_BYTES} bytes")
+    else:
+        tag = bytes(sealed[-TAG_BYTES:])
+        if isinstance(sealed, bytearray):
+            del sealed[-TAG_BYTES:]  # in place: open_decoded appends the tag back
+        else:
+            sealed = sealed[:-TAG_BYTES]
+    package = Package(
+        ciphertext=sealed,
+        nonce=_bytes_field(payload, "nonce", NONCE_BYTES),
+        tag=tag,
+        wrapped_key=_bytes_field(obj, "encrypted_aes_key", key_bytes),
+        processed_at=processed_at,
+    )
+    return package, tag_inside

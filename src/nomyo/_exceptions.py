@@ -19,7 +19,9 @@ HTTP status to its exception; owns no other behaviour.
      └── SecureMemoryWarning            secrets held with less protection than asked
 
 404, 502, 504 and other statuses are a plain APIError.  Messages never
-contain key material, plaintext or API keys.
+contain key material, plaintext or API keys.  As in the published 0.2.9
+client, ``str(error)`` is the message alone and each class above with a
+status has it as its default ``status_code``.
 """
 
 from __future__ import annotations
@@ -66,6 +68,9 @@ class APIError(NomyoError):
         None; the retry policy honours it for every retried status.
     """
 
+    #: the status_code when none is given (0.2.9's per-class defaults)
+    default_status: int | None = None
+
     def __init__(
         self,
         message: str,
@@ -77,34 +82,42 @@ class APIError(NomyoError):
     ) -> None:
         super().__init__(message)
         self.message = message
-        self.status_code = status_code
+        self.status_code = self.default_status if status_code is None else status_code
         self.error_details = error_details
         self.payload_id = payload_id
         self.retry_after = retry_after
 
     def __str__(self) -> str:
-        return self.message if self.status_code is None else f"{self.status_code}: {self.message}"
+        return self.message
 
 
 class InvalidRequestError(APIError):
     """400: the router refused the request as malformed."""
 
+    default_status = 400
+
 
 class AuthenticationError(APIError):
     """401: missing or wrong API key."""
+
+    default_status = 401
 
 
 class ForbiddenError(APIError):
     """403: not allowed, e.g. the model is not available for the requested tier."""
 
+    default_status = 403
+
 
 class RateLimitError(APIError):
     """429: too many requests (see :attr:`APIError.retry_after`)."""
 
+    default_status = 429
+
     def __init__(
         self,
         message: str,
-        status_code: int | None = 429,
+        status_code: int | None = None,
         error_details: Any = None,
         payload_id: str | None = None,
         retry_after: float | None = None,
@@ -115,9 +128,13 @@ class RateLimitError(APIError):
 class ServerError(APIError):
     """500: the router failed."""
 
+    default_status = 500
+
 
 class ServiceUnavailableError(APIError):
     """503: the router is cooling down or overloaded (it may last minutes)."""
+
+    default_status = 503
 
 
 class APIConnectionError(APIError):

@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import padding, rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
 from ._constants import AES_KEY_BYTES, MAX_NESTING, NONCE_BYTES, TAG_BYTES
-from ._envelope import MalformedPackage, Package, decode, encode
+from ._envelope import MalformedPackage, Package, decode, decode_either, encode, encode_tag_inside
 from ._exceptions import SecurityError
 from .memory import SecureBuffer, wipe
 
@@ -37,6 +37,7 @@ __all__ = [
     "open_decoded",
     "open_json",
     "open_package",
+    "open_package_either",
     "parse",
     "seal",
     "seal_json",
@@ -109,7 +110,15 @@ def _encrypt(
         return sealed, nonce, _wrap_key(key, recipient)
 
 
-def _package(sealed: bytearray, nonce: bytes, wrapped: bytes, processed_at: int | None) -> bytes:
+def _package(
+    sealed: bytearray,
+    nonce: bytes,
+    wrapped: bytes,
+    processed_at: int | None,
+    tag_inside: bool = False,
+) -> bytes:
+    if tag_inside:  # nomyo-js's form: the tag stays at the end of the ciphertext
+        return encode_tag_inside(sealed, nonce, wrapped, processed_at)
     out = memoryview(sealed)
     return encode(
         Package(
@@ -166,6 +175,17 @@ def _decode(
     :class:`~nomyo.SecurityError` (the cause kept for debugging, not shown)."""
     try:
         return decode(data, key_bytes=_modulus_bytes(private_key), consume=consume)
+    except MalformedPackage as exc:
+        raise SecurityError(OPEN_FAILED) from exc
+
+
+def _decode_either(
+    data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey
+) -> tuple[Package, bool]:
+    """As :func:`_decode`, for a package in either form (see
+    :func:`nomyo._envelope.decode_either`): ``(package, tag_inside)``."""
+    try:
+        return decode_either(data, key_bytes=_modulus_bytes(private_key))
     except MalformedPackage as exc:
         raise SecurityError(OPEN_FAILED) from exc
 
@@ -305,15 +325,18 @@ def seal_json(
     processed_at: int | None = None,
     secure: bool = True,
     locked: bool = False,
+    tag_inside: bool = False,
 ) -> bytes:
     """Serialize ``obj`` into secure memory and seal it to ``recipient``.
 
     The plaintext buffer is closed once encrypted, before the package (a
-    third of it larger again, as base64) is built.
+    third of it larger again, as base64) is built.  ``tag_inside`` writes
+    nomyo-js 0.1.0's form (PROTOCOL.md, "A variant in the wild"): only the
+    reference endpoint answers in it, to a client that used it.
     """
     with serialize(obj, secure=secure, locked=locked) as buf, memoryview(buf) as view:
         parts = _encrypt(view, recipient, locked)
-    return _package(*parts, processed_at)
+    return _package(*parts, processed_at, tag_inside)
 
 
 def parse(buf: Buffer, *, consume: bool = False) -> Any:
@@ -373,3 +396,20 @@ def open_json(data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPr
     secure memory, the plaintext exists only as the returned objects."""
     with open_package(data, private_key) as buf:
         return parse(buf)
+
+
+# ---------------------------------------------------------------- the tag-inside variant
+# (nomyo-js 0.1.0; PROTOCOL.md "A variant in the wild"): for the reference
+# endpoint only, which answers each client in the form it used (seal_json's
+# ``tag_inside``).
+
+
+def open_package_either(
+    data: bytes | bytearray | memoryview | str, private_key: rsa.RSAPrivateKey
+) -> tuple[Buffer, bool]:
+    """As :func:`open_package`, for a package in either form:
+    ``(plaintext buffer, tag_inside)``.  Exactly one interpretation per
+    package (see :func:`nomyo._envelope.decode_either`); either form fails
+    with the same opaque :class:`~nomyo.SecurityError`."""
+    package, tag_inside = _decode_either(data, private_key)
+    return open_decoded(package, private_key), tag_inside

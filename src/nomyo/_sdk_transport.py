@@ -43,7 +43,12 @@ from typing import Any
 import httpx
 
 from ._chunks import chunks_of
-from ._client import SecureChatCompletion, SecureCompletionClient, SyncSecureChatCompletion
+from ._client import (
+    AttestationVerifier,
+    Config,
+    SecureChatCompletion,
+    SyncSecureChatCompletion,
+)
 from ._constants import DEFAULT_MAX_RESPONSE_BYTES, DEFAULT_TIMEOUT
 from ._exceptions import (
     APIConnectionError,
@@ -361,6 +366,8 @@ class _Options:
         timeout: float | httpx.Timeout | None,
         max_response_bytes: int,
         verify: Verify,
+        attestation_verifier: AttestationVerifier | None,
+        require_attestation: bool,
     ) -> None:
         if isinstance(models, str) or not all(isinstance(m, str) and m for m in models):
             raise TypeError("models must be a sequence of non-empty strings")
@@ -381,23 +388,17 @@ class _Options:
             max_retries=0,  # the SDK's retries are the only ones
             max_response_bytes=max_response_bytes,
             verify=verify,
+            attestation_verifier=attestation_verifier,
+            require_attestation=require_attestation,
         )
 
     def check(self) -> None:
         """Check the options now rather than at the first request (without
-        making a key pair; a key_dir is read when the first client is made)."""
+        making a key pair: a key_dir is read when the first client is made)."""
         options = dict(self.client_options)
-        if options.pop("key_dir") is not None:
-            return
-        options.pop("key_password")
-        allow_http, secure_memory, retries = (
-            options.pop("allow_http"),
-            options.pop("secure_memory"),
-            options.pop("max_retries"),
-        )
-        SecureCompletionClient(
-            "https://nomyo.invalid", allow_http, secure_memory, retries, **options
-        )
+        del options["key_dir"], options["key_password"]
+        allow_http, secure_memory = options.pop("allow_http"), options.pop("secure_memory")
+        Config.of("https://nomyo.invalid", allow_http, None, secure_memory, **options)
 
 
 _DOC_PARAMS = """
@@ -411,6 +412,10 @@ _DOC_PARAMS = """
     :param timeout: seconds for one attempt (the SDK retries), or an httpx.Timeout.
     :param max_response_bytes: the largest answer read.
     :param models: the names ``GET .../models`` lists (``"nomyo"`` when empty).
+    :param attestation_verifier: ``verifier(attestation, payload_id)``, called
+        with the router's ``_metadata["tpm_attestation"]`` before an answer is
+        returned; it raises (or returns False) to reject: SecurityError.
+    :param require_attestation: an answer without one is a SecurityError.
 """
 
 
@@ -434,6 +439,8 @@ class SecureTransport(httpx.BaseTransport):
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         models: Sequence[str] = (),
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
     ) -> None:
         self._options = _Options(
             models=models,
@@ -445,6 +452,8 @@ class SecureTransport(httpx.BaseTransport):
             timeout=timeout,
             max_response_bytes=max_response_bytes,
             verify=verify,
+            attestation_verifier=attestation_verifier,
+            require_attestation=require_attestation,
         )
         self._options.check()
         self._clients: dict[str, SyncSecureChatCompletion] = {}
@@ -503,6 +512,8 @@ class AsyncSecureTransport(httpx.AsyncBaseTransport):
         timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         models: Sequence[str] = (),
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
     ) -> None:
         self._options = _Options(
             models=models,
@@ -514,6 +525,8 @@ class AsyncSecureTransport(httpx.AsyncBaseTransport):
             timeout=timeout,
             max_response_bytes=max_response_bytes,
             verify=verify,
+            attestation_verifier=attestation_verifier,
+            require_attestation=require_attestation,
         )
         self._options.check()
         self._clients: dict[str, SecureChatCompletion] = {}

@@ -25,6 +25,7 @@ from typing import Any
 import httpx
 import openai
 
+from ._client import AttestationVerifier
 from ._constants import (
     API_KEY_ENV,
     BASE_URL_ENV,
@@ -119,6 +120,8 @@ class OpenAI(openai.OpenAI):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         models: Sequence[str] = (),
         timeout: Any = DEFAULT_TIMEOUT,
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
         http_client: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -133,6 +136,8 @@ class OpenAI(openai.OpenAI):
                 timeout=_transport_timeout(timeout),
                 max_response_bytes=max_response_bytes,
                 models=models,
+                attestation_verifier=attestation_verifier,
+                require_attestation=require_attestation,
             )
             http_client = openai.DefaultHttpxClient(transport=transport)  # type: ignore[arg-type]
         elif not _ours(http_client, SecureTransport):
@@ -167,6 +172,8 @@ class AsyncOpenAI(openai.AsyncOpenAI):
         max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
         models: Sequence[str] = (),
         timeout: Any = DEFAULT_TIMEOUT,
+        attestation_verifier: AttestationVerifier | None = None,
+        require_attestation: bool = False,
         http_client: Any = None,
         **kwargs: Any,
     ) -> None:
@@ -181,6 +188,8 @@ class AsyncOpenAI(openai.AsyncOpenAI):
                 timeout=_transport_timeout(timeout),
                 max_response_bytes=max_response_bytes,
                 models=models,
+                attestation_verifier=attestation_verifier,
+                require_attestation=require_attestation,
             )
             http_client = openai.DefaultAsyncHttpxClient(transport=transport)  # type: ignore[arg-type]
         elif not _ours(http_client, AsyncSecureTransport):

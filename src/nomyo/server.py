@@ -242,9 +242,12 @@ async def _read_body(request: Request, timeout: float) -> bytes:
     return bytes(body)
 
 
-def _open_request(body: bytes, private_key: rsa.RSAPrivateKey) -> dict[str, Any]:
+def _open_request(body: bytes, private_key: rsa.RSAPrivateKey) -> tuple[dict[str, Any], bool]:
+    """The chat request in ``body``, and whether its package had the tag
+    inside the ciphertext (nomyo-js 0.1.0): the answer goes back in that form."""
     try:
-        with _hybrid.open_package(body, private_key) as plain:
+        plain, tag_inside = _hybrid.open_package_either(body, private_key)
+        with plain:
             if len(plain) > MAX_REQUEST_BYTES:
                 raise _Refused(413, "request too large")
             request = _hybrid.parse(plain)
@@ -253,7 +256,21 @@ def _open_request(body: bytes, private_key: rsa.RSAPrivateKey) -> dict[str, Any]
     if not _is_chat_request(request):
         wipe(request)
         raise _Refused(400, _INVALID_REQUEST)
-    return request  # type: ignore[no-any-return]
+    return request, tag_inside
+
+
+def _request_tier(chat: dict[str, Any], header: str | None) -> str | None:
+    """The tier of a request: the X-Security-Tier header, else the
+    ``security_tier`` nomyo-js 0.1.0 puts in the plaintext.  That field is
+    removed from ``chat`` either way (never forwarded upstream); an unknown
+    value, or one that contradicts the header, is refused."""
+    if "security_tier" not in chat:
+        return header
+    inside = chat.pop("security_tier")
+    if inside not in SECURITY_TIERS or (header is not None and inside != header):
+        wipe(chat)
+        raise _Refused(400, "unknown security tier")
+    return header or inside
 
 
 def _is_chat_request(obj: Any) -> bool:
@@ -436,7 +453,8 @@ def create_app(config: ServerConfig) -> Starlette:
             tier = _tier(request)
             remaining = config.body_timeout - (time.perf_counter() - started)
             body = await _read_body(request, remaining)
-            chat = await run_in_threadpool(_open_request, body, config.private_key)
+            chat, tag_inside = await run_in_threadpool(_open_request, body, config.private_key)
+            tier = _request_tier(chat, tier)
             try:
                 if target is not None:
                     answer = await _forward(
@@ -449,7 +467,11 @@ def create_app(config: ServerConfig) -> Starlette:
                     metadata if isinstance(metadata, dict) else {}, payload_id=payload_id
                 )
                 sealed = await run_in_threadpool(
-                    _hybrid.seal_json, answer, client_key, processed_at=int(time.time())
+                    _hybrid.seal_json,
+                    answer,
+                    client_key,
+                    processed_at=int(time.time()),
+                    tag_inside=tag_inside,  # each client answered in the form it used
                 )
                 wipe(answer)
             finally:
