@@ -199,7 +199,31 @@ def test_should_retry_by_status(status: int, cls: type[APIError], retried: bool)
 
 def test_should_retry_without_a_status() -> None:
     assert should_retry(APIError("x")) is False
-    assert should_retry(APIConnectionError("no route")) is True
+    # no cause: nothing proves the request was not sent
+    assert should_retry(APIConnectionError("no route")) is False
+
+
+def _connection_error_caused_by(cause: BaseException) -> APIConnectionError:
+    try:
+        raise APIConnectionError("no answer") from cause
+    except APIConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("cause", "retried"),
+    [
+        (httpx.ConnectError("refused"), True),  # nothing sent
+        (httpx.RemoteProtocolError("server disconnected"), False),  # sent, maybe in full
+        (httpx.ReadError("reset"), False),
+        (httpx.WriteError("broken pipe"), False),
+        (httpx.ProtocolError("bad answer"), False),
+    ],
+)
+def test_should_retry_connection_failures_only_before_sending(
+    cause: BaseException, retried: bool
+) -> None:
+    assert should_retry(_connection_error_caused_by(cause)) is retried
 
 
 def _timeout_caused_by(cause: BaseException | None) -> APITimeoutError:
@@ -589,7 +613,7 @@ def test_redirect_is_an_error(kind: str) -> None:
     ("error", "cls", "retried"),
     [
         (httpx.ConnectError("[Errno 111] Connection refused"), APIConnectionError, True),
-        (httpx.RemoteProtocolError("peer closed"), APIConnectionError, True),
+        (httpx.RemoteProtocolError("peer closed"), APIConnectionError, False),
         (httpx.ConnectTimeout("connect"), APITimeoutError, True),
         (httpx.PoolTimeout("pool"), APITimeoutError, True),
         (httpx.ReadTimeout("read"), APITimeoutError, False),
