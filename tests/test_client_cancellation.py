@@ -308,6 +308,7 @@ def test_a_timeout_while_the_key_pair_is_made_does_not_poison_the_client(
         with pytest.raises(TimeoutError):
             async with asyncio.timeout(0.05):
                 await client.create("echo", messages("first"))
+        assert not future.cancelled(), "the timeout cancelled the shared key pair"
         assert not future.done(), "the key pair was ready: the race was not run"
 
     async def later() -> str:
