@@ -162,7 +162,8 @@ async def cancel_at_random(
 
 def spread(fractions: list[float]) -> str:
     q = statistics.quantiles(fractions, n=4)
-    return f"min {min(fractions):.2f} q1 {q[0]:.2f} median {q[1]:.2f} q3 {q[2]:.2f} max {max(fractions):.2f}"
+    low, high = min(fractions), max(fractions)
+    return f"min {low:.2f} q1 {q[0]:.2f} median {q[1]:.2f} q3 {q[2]:.2f} max {high:.2f}"
 
 
 async def call_duration(call: Any) -> float:
@@ -182,7 +183,7 @@ async def call_duration(call: Any) -> float:
 def test_random_cancellations_leave_the_async_client_whole(
     server: Endpoint, key_dir: Path, noise: Noise
 ) -> None:
-    rng = random.Random(1313)
+    rng = random.Random(1313)  # noqa: S311 - reproducible test delays
 
     async def go() -> None:
         asyncio.get_running_loop().set_exception_handler(noise.loop)
@@ -197,8 +198,8 @@ def test_random_cancellations_leave_the_async_client_whole(
         duration = await call_duration(call)
         fractions, finished = await cancel_at_random(call, duration, CANCELLED, rng)
         print(
-            f"\nasync: {CANCELLED} calls cancelled at {spread(fractions)} x {duration * 1000:.0f} ms"
-            f" (a call's median); {finished} finished first"
+            f"\nasync: {CANCELLED} calls cancelled at {spread(fractions)}"
+            f" x {duration * 1000:.0f} ms (a call's median); {finished} finished first"
         )
         assert finished < CANCELLED / 2, "too few cancels landed inside a call"
         # the same client answers, concurrently too
@@ -351,7 +352,7 @@ def test_the_check_sees_what_plain_httpx_leaves_behind(server: Endpoint, noise: 
     # plain httpx (httpcore 1.0.9) under the same cancellations: connections
     # stay ACTIVE in its pool for good and their sockets stay open
     context = ssl.create_default_context(cafile=str(server.ca))
-    rng = random.Random(1313)
+    rng = random.Random(1313)  # noqa: S311 - reproducible test delays
 
     async def go() -> tuple[int, int, int, int]:
         baseline = open_fds()

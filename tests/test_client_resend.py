@@ -170,7 +170,7 @@ def test_a_router_that_refuses_connections_is_tried_again(
             nomyo.SyncSecureChatCompletion(router.url, **options) as client,
             nomyo.SyncSecureChatCompletion(router.url, **patient) as other,
         ):
-            other._core.router = client._core.router  # noqa: SLF001 - the key, fetched once
+            other._core.router = client._core.router  # the key, fetched once
 
             def first() -> Any:
                 answer = client.create("echo", messages)

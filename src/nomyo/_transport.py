@@ -416,7 +416,7 @@ class _Reader:
 
 
 def _encoding(response: httpx.Response) -> str:
-    return response.headers.get("content-encoding", "").strip().lower()
+    return str(response.headers.get("content-encoding", "")).strip().lower()
 
 
 class _Inflater:
