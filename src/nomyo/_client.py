@@ -18,7 +18,7 @@ One request, file:function per hop (the sync twin: the same, blocking)::
       v
     serialize -> seal   _client:_Call.post -> _hybrid:seal_json  (new AES key, nonce)
     send -> receive     _transport:AsyncTransport.request  (read capped, statuses mapped)
-      ^  429/5xx/no connection: _Call.retry -> _transport:Attempts.backoff
+      ^  429/5xx/nothing sent: _Call.retry -> _transport:Attempts.backoff
       |  (Retry-After, or backoff with jitter, while retries and time remain)
       ^  400, once: _Call.rekey after fetching the router key again (it may have rotated)
       v
@@ -1047,7 +1047,7 @@ class SecureCompletionClient:
     ) -> dict[str, Any]:
         """Seal ``payload``, send it, and return the opened, bound answer.
 
-        Retries 429/5xx/connection failures (a fresh seal each attempt),
+        Retries 429/5xx and failures before sending (a fresh seal each attempt),
         refetches the router key once after a 400, and raises the APIError
         subclass of the last failure otherwise.
 
@@ -1146,7 +1146,7 @@ class SecureChatCompletion(_ChatClient):
     :param key_password: the password of the private key file in ``key_dir``.
     :param server_key_fingerprint: ``"sha256:<hex>"``; any other router key is refused.
     :param timeout: seconds for a whole call (retries included), or an ``httpx.Timeout``.
-    :param max_retries: extra attempts after 429/5xx/connection failures.
+    :param max_retries: extra attempts after 429/5xx and failures before sending.
     :param max_response_bytes: the largest answer read.
     :param verify: True, a CA file path or an ``ssl.SSLContext``.
     :raises nomyo.SecurityError: ``http://`` without ``allow_http``.
