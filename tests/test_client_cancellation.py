@@ -3,10 +3,12 @@
 Against a real `nomyo serve` over TLS (a subprocess: its sockets are not
 counted here).  A call cancelled or timed out at any point — while the key
 pair is still being made, while connecting, writing, waiting or reading —
-leaves the key pair, the router key and the connection pools as they were:
+leaves the key pair, the router key (cancels also land in its fetch) and the
+connection pools as they were:
 the same client then answers correctly, no thread or task printed an
 exception, and the process holds no more file descriptors than the pooled
-connections it keeps (every pooled connection idle, no request left queued).
+connections it keeps (every pooled connection idle, no request left queued),
+with the cyclic garbage collector off: nothing is left for it to close.
 
 The control: the same cancellations through a plain ``httpx.AsyncClient``
 (httpcore 1.0.9, encode/httpcore#1093) leave connections stuck in its pool,
@@ -77,6 +79,18 @@ class Noise:
 
 
 @pytest.fixture
+def no_gc() -> Iterator[None]:
+    """The cyclic garbage collector off: what is closed must be closed by the
+    code, not found later in a reference cycle (a cancelled call's traceback)."""
+    gc.collect()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.enable()
+
+
+@pytest.fixture
 def noise(capfd: pytest.CaptureFixture[str]) -> Iterator[Noise]:
     found = Noise()
     saved = threading.excepthook
@@ -112,9 +126,9 @@ def held(pool_list: list[Any]) -> tuple[int, int, int]:
 async def settled(pool_list: list[Any], baseline: int) -> tuple[int, int, int, int]:
     """(stuck connections, leftover requests, fds beyond the baseline and the
     idle pooled connections), after giving closing sockets a moment (the
-    event loop closes a transport's socket on its next turn)."""
+    event loop closes a transport's socket on its next turn).  No gc.collect:
+    a socket left for the garbage collector counts."""
     for _ in range(50):
-        gc.collect()
         busy, requests, idle = held(pool_list)
         extra = open_fds() - baseline - idle
         if (busy, requests, extra) == (0, 0, 0):
@@ -124,12 +138,13 @@ async def settled(pool_list: list[Any], baseline: int) -> tuple[int, int, int, i
 
 
 async def cancel_at_random(
-    call: Any, duration: float, count: int, rng: random.Random
+    call: Any, duration: float, count: int, rng: random.Random, core: Any = None
 ) -> tuple[list[float], int]:
     """``count`` calls, BATCH at a time, each cancelled after a random delay
     spread over 0..1.5x a call's ``duration`` (half by task.cancel(), half by
     asyncio.timeout); (the delays as fractions of ``duration``, calls that
-    finished first)."""
+    finished first).  With the client's ``core``, every fourth batch starts
+    with the router key forgotten, so that cancels also land in its fetch."""
     fractions: list[float] = []
     finished = 0
 
@@ -156,6 +171,8 @@ async def cancel_at_random(
         finished += 1
 
     for start in range(0, count, BATCH):
+        if core is not None and start % (4 * BATCH) == 0:
+            core.router = None
         await asyncio.gather(*(one(i) for i in range(start, min(start + BATCH, count))))
     return fractions, finished
 
@@ -181,7 +198,7 @@ async def call_duration(call: Any) -> float:
 
 
 def test_random_cancellations_leave_the_async_client_whole(
-    server: Endpoint, key_dir: Path, noise: Noise
+    server: Endpoint, key_dir: Path, noise: Noise, no_gc: None
 ) -> None:
     rng = random.Random(1313)  # noqa: S311 - reproducible test delays
 
@@ -196,12 +213,12 @@ def test_random_cancellations_leave_the_async_client_whole(
             return await client.create("echo", messages(marker))
 
         duration = await call_duration(call)
-        fractions, finished = await cancel_at_random(call, duration, CANCELLED, rng)
+        fractions, finished = await cancel_at_random(call, duration, CANCELLED, rng, client._core)
         print(
             f"\nasync: {CANCELLED} calls cancelled at {spread(fractions)}"
             f" x {duration * 1000:.0f} ms (a call's median); {finished} finished first"
         )
-        assert finished < CANCELLED / 2, "too few cancels landed inside a call"
+        assert CANCELLED - finished >= CANCELLED // 4, "too few cancels landed inside a call"
         # the same client answers, concurrently too
         answers = await asyncio.gather(*(call(f"after-{i}") for i in range(BATCH)))
         assert [content(a) for a in answers] == [f"after-{i}" for i in range(BATCH)]
@@ -348,7 +365,9 @@ def test_a_sync_call_waits_for_the_key_pair_no_longer_than_its_timeout(
 # ---------------------------------------------------------------- the control
 
 
-def test_the_check_sees_what_plain_httpx_leaves_behind(server: Endpoint, noise: Noise) -> None:
+def test_the_check_sees_what_plain_httpx_leaves_behind(
+    server: Endpoint, noise: Noise, no_gc: None
+) -> None:
     # plain httpx (httpcore 1.0.9) under the same cancellations: connections
     # stay ACTIVE in its pool for good and their sockets stay open
     context = ssl.create_default_context(cafile=str(server.ca))

@@ -509,6 +509,15 @@ class AsyncTransport:
             follow_redirects=False,
             headers=_HEADERS,
         )
+        # the TCP connection under a TLS handshake that is cancelled is closed
+        # now, not when the garbage collector finds it (private, as in the
+        # sync transport; tests/test_client_cancellation.py fails without it)
+        pool = getattr(getattr(client, "_transport", None), "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None:
+            pool._network_backend = _ClosingBackend(backend)  # type: ignore[union-attr]
+        else:  # pragma: no cover - a newer httpx
+            log.warning("httpx changed: a cancelled TLS handshake leaves its socket to the gc")
         self._shards.append(client)
         self._busy.append(0)
         return client
@@ -567,6 +576,66 @@ class AsyncTransport:
         finally:
             self._busy[shard] -= 1
         return reader.result(method)
+
+
+class _ClosingStream(httpcore.AsyncNetworkStream):
+    """A TCP stream whose TLS handshake, if interrupted by anything (a
+    cancel included), closes it: httpcore's anyio stream closes it only on an
+    Exception, and a cancel is a BaseException, so its socket would wait for
+    the garbage collector.  Once TLS is up, the TLS stream is used directly."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            await self._stream.aclose()  # closes the socket before its first await
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _ClosingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's own backend, its TCP streams made :class:`_ClosingStream` s."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _ClosingStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - nomyo speaks TCP
+        return await self._backend.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore retries are off
+        await self._backend.sleep(seconds)
 
 
 async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
