@@ -382,7 +382,7 @@ class _Reader:
         declared = response.headers.get("content-length", "")
         # Content-Length counts the bytes on the wire: the answer's own size
         # only when it is not compressed
-        if self.ok and declared.isdigit() and not _encoding(response):
+        if self.ok and declared.isdigit() and _encoding(response) in ("", "identity"):
             if int(declared) > self.cap:
                 raise _too_large(self.cap, payload_id, response.status_code)
             # one allocation of the announced size, filled in place: growing a
