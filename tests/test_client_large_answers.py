@@ -7,7 +7,7 @@ measures its own peak RSS (VmHWM, reset through /proc/self/clear_refs after
 a first normal request): an APIError naming max_response_bytes, the router
 saw the client hang up long before the end, and the peak grows by less than
 the 8 MiB cap plus 8 MiB; the control, under a 64 MiB cap, reads a 30 MB
-answer whole and sees the peak grow by at least 30 MB.
+answer whole and sees the peak grow by at least 29 MB.
 """
 
 from __future__ import annotations
@@ -140,6 +140,8 @@ def test_the_measurement_sees_a_30_mb_answer_under_a_larger_cap(
     result = measure(router, tls, key_dir, kind, 64 * MiB)
 
     assert result["error"] == ["SecurityError", OPEN_FAILED]
-    assert result["growth"] >= 30 * MB, f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
+    # 29 MB: the heap reuses up to a few hundred KB freed by the first request
+    # (the reader holds no chunk besides the body at its peak)
+    assert result["growth"] >= 29 * MB, f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
     wait_closed(state)
     assert state["sent"] == 30 * MB

@@ -885,3 +885,36 @@ def test_cli_fingerprint_refuses_dev_zero_quickly(
     _keys.save_public_key(key, real)
     assert main(["keys", "fingerprint", str(real)]) == 0
     assert capsys.readouterr().out.strip() == _keys.fingerprint(key)
+
+
+@pytest.mark.parametrize("kind", ["dev-zero", "fifo", "other-owner"])
+def test_client_key_dir_public_key_is_read_with_the_checks(
+    key: rsa.RSAPrivateKey, tmp_path: Path, kind: str
+) -> None:
+    # the client reads key_dir/public_key.pem through load_public_key_file:
+    # /dev/zero (was: MemoryError), a FIFO (was: blocked), another user's file
+    import nomyo
+
+    if kind == "other-owner" and os.geteuid() != 0:
+        pytest.skip("chown to another uid needs root")
+    folder = tmp_path / "keys"
+    _keys.save_private_key(key, folder / "private_key.pem")
+    public = folder / "public_key.pem"
+    _keys.save_public_key(key, public)
+    options = {"key_dir": folder, "max_retries": 0}
+    nomyo.SyncSecureChatCompletion("https://127.0.0.1:9", **options).close()  # control: loads
+    if kind == "dev-zero":
+        public.unlink()
+        public.symlink_to("/dev/zero")
+        match = "not a regular file"
+    elif kind == "fifo":
+        public.unlink()
+        os.mkfifo(public)
+        match = "not a regular file"
+    else:
+        os.chown(public, OTHER_UID, OTHER_UID)
+        match = "owned by uid 65534"
+    for cls in (nomyo.SyncSecureChatCompletion, nomyo.SecureChatCompletion):
+        error = finishes_quickly(lambda cls=cls: cls("https://127.0.0.1:9", **options))
+        assert isinstance(error, ValueError), repr(error)
+        assert match in str(error) and str(public) in str(error)

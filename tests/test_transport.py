@@ -10,6 +10,7 @@ import email.utils
 import gzip
 import math
 import time
+import zlib
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
@@ -29,8 +30,10 @@ from nomyo import (
     RateLimitError,
     ServerError,
     ServiceUnavailableError,
+    _transport,
 )
 from nomyo._constants import (
+    INFLATE_PIECE,
     INITIAL_RETRY_DELAY,
     MAX_ERROR_BODY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
@@ -199,7 +202,31 @@ def test_should_retry_by_status(status: int, cls: type[APIError], retried: bool)
 
 def test_should_retry_without_a_status() -> None:
     assert should_retry(APIError("x")) is False
-    assert should_retry(APIConnectionError("no route")) is True
+    # no cause: nothing proves the request was not sent
+    assert should_retry(APIConnectionError("no route")) is False
+
+
+def _connection_error_caused_by(cause: BaseException) -> APIConnectionError:
+    try:
+        raise APIConnectionError("no answer") from cause
+    except APIConnectionError as exc:
+        return exc
+
+
+@pytest.mark.parametrize(
+    ("cause", "retried"),
+    [
+        (httpx.ConnectError("refused"), True),  # nothing sent
+        (httpx.RemoteProtocolError("server disconnected"), False),  # sent, maybe in full
+        (httpx.ReadError("reset"), False),
+        (httpx.WriteError("broken pipe"), False),
+        (httpx.ProtocolError("bad answer"), False),
+    ],
+)
+def test_should_retry_connection_failures_only_before_sending(
+    cause: BaseException, retried: bool
+) -> None:
+    assert should_retry(_connection_error_caused_by(cause)) is retried
 
 
 def _timeout_caused_by(cause: BaseException | None) -> APITimeoutError:
@@ -588,7 +615,7 @@ def test_redirect_is_an_error(kind: str) -> None:
     ("error", "cls", "retried"),
     [
         (httpx.ConnectError("[Errno 111] Connection refused"), APIConnectionError, True),
-        (httpx.RemoteProtocolError("peer closed"), APIConnectionError, True),
+        (httpx.RemoteProtocolError("peer closed"), APIConnectionError, False),
         (httpx.ConnectTimeout("connect"), APITimeoutError, True),
         (httpx.PoolTimeout("pool"), APITimeoutError, True),
         (httpx.ReadTimeout("read"), APITimeoutError, False),
@@ -660,3 +687,111 @@ def test_async_pools_open_only_when_every_pool_is_busy() -> None:
     transport._busy[0] = 0
     assert transport._pick() == 0 and len(transport._shards) == 2  # back to the first
     asyncio.run(transport.aclose())
+
+
+# ---------------------------------------------------------------- compressed answers
+
+
+def gzip_bomb(decoded: int) -> bytes:
+    """``decoded`` zero bytes, gzip-compressed (about 1000:1)."""
+    packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+    zeros = b"\0" * (1024 * 1024)
+    parts = [packer.compress(zeros) for _ in range(decoded // len(zeros))]
+    return b"".join(parts) + packer.flush()
+
+
+@pytest.fixture(scope="module")
+def bomb() -> bytes:
+    return gzip_bomb(64 * 1024 * 1024)
+
+
+@KINDS
+@pytest.mark.parametrize(
+    ("what", "status", "cap", "raised"),
+    [
+        ("answer", 200, 100_000, APIError),
+        ("error body", 500, MAX_ERROR_BODY_BYTES, ServerError),
+        ("router key", 200, MAX_PUBLIC_KEY_BYTES, APIError),
+    ],
+)
+def test_a_gzip_bomb_is_inflated_a_piece_at_a_time_up_to_the_cap(
+    kind: str,
+    what: str,
+    status: int,
+    cap: int,
+    raised: type[APIError],
+    bomb: bytes,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 64 KiB on the wire that inflate to 64 MiB, in one chunk: httpx's
+    # iter_bytes would hand all 64 MiB over at once
+    assert len(bomb) < 100_000
+    fed: list[int] = []
+    feed = _transport._Reader.feed
+
+    def counted(self: Any, chunk: bytes) -> bool:
+        fed.append(len(chunk))
+        return feed(self, chunk)
+
+    monkeypatch.setattr(_transport._Reader, "feed", counted)
+
+    def handler(request: httpx.Request) -> httpx.Response:
+        headers = {"Content-Encoding": "gzip", "Content-Length": str(len(bomb))}
+        return httpx.Response(status, headers=headers, content=stream(kind, [bomb]))
+
+    if what == "router key":
+        with pytest.raises(raised, match="max_response_bytes"):
+            call(kind, handler, get_text=True)
+    else:
+        with pytest.raises(raised):
+            call(kind, handler, limit=cap)
+    assert max(fed) <= INFLATE_PIECE
+    assert cap < sum(fed) <= cap + INFLATE_PIECE
+
+
+@KINDS
+def test_a_compressed_answer_under_the_cap_is_read_whole(kind: str) -> None:
+    # the control: gzip and deflate (zlib framing) are decoded, in pieces
+    plain = bytes(range(256)) * 2000
+    for encoding, packed in (("gzip", gzip.compress(plain)), ("deflate", zlib.compress(plain))):
+
+        def handler(
+            request: httpx.Request, packed: bytes = packed, encoding: str = encoding
+        ) -> Any:
+            chunks = [packed[i : i + 1000] for i in range(0, len(packed), 1000)]
+            headers = {"Content-Encoding": encoding, "Content-Length": str(len(packed))}
+            return httpx.Response(200, headers=headers, content=stream(kind, chunks))
+
+        assert call(kind, handler, limit=len(plain)) == plain
+
+
+@KINDS
+@pytest.mark.parametrize(
+    ("encoding", "body", "match"),
+    [("br", b"\x0b\x02\x80hello\x03", "not asked for"), ("gzip", b"not gzip", "malformed")],
+)
+def test_an_answer_in_another_or_a_broken_encoding_is_refused(
+    kind: str, encoding: str, body: bytes, match: str
+) -> None:
+    def handler(request: httpx.Request) -> httpx.Response:
+        return httpx.Response(
+            200, headers={"Content-Encoding": encoding}, content=stream(kind, [body])
+        )
+
+    with pytest.raises(APIError, match=match) as info:
+        call(kind, handler, limit=1000)
+    assert info.value.status_code is None
+
+
+def test_only_the_encodings_decoded_in_pieces_are_asked_for() -> None:
+    # httpx would offer zstd and br when installed: decoded whole by iter_bytes
+    sync = SyncTransport(verify=True, timeout=httpx.Timeout(5))
+    assert sync._http.headers["Accept-Encoding"] == "gzip, deflate"
+    sync.close()
+
+    async def main() -> None:
+        transport = AsyncTransport(verify=True, timeout=httpx.Timeout(5))
+        assert transport._http.headers["Accept-Encoding"] == "gzip, deflate"
+        await transport.aclose()
+
+    asyncio.run(main())

@@ -18,7 +18,7 @@ One request, file:function per hop (the sync twin: the same, blocking)::
       v
     serialize -> seal   _client:_Call.post -> _hybrid:seal_json  (new AES key, nonce)
     send -> receive     _transport:AsyncTransport.request  (read capped, statuses mapped)
-      ^  429/5xx/no connection: _Call.retry -> _transport:Attempts.backoff
+      ^  429/5xx/nothing sent: _Call.retry -> _transport:Attempts.backoff
       |  (Retry-After, or backoff with jitter, while retries and time remain)
       ^  400, once: _Call.rekey after fetching the router key again (it may have rotated)
       v
@@ -211,8 +211,8 @@ def _load_pair(
         raise ValueError(f"cannot load the client key {private_path}: {exc}") from exc
     pair = KeyPair.of(private_key)
     if public_path is not None and public_path.exists():
-        try:
-            public = _keys.load_public_key(public_path.read_bytes())
+        try:  # a regular file of this user's, size-capped: never /dev/zero or a FIFO
+            public = _keys.load_public_key_file(public_path)
         except (OSError, ValueError, SecurityError) as exc:
             raise ValueError(f"cannot load the client key {public_path}: {exc}") from exc
         if _keys.fingerprint(public) != _keys.fingerprint(private_key):
@@ -261,9 +261,13 @@ class _ClientKeys:
     def _start(self) -> None:
         with self._started:
             make, self._pending = self._pending, None
-        if make is None:
-            return
-        future = self._future
+            if make is None:
+                return
+            future = self._future
+            # RUNNING from here on: a waiter that is cancelled or times out
+            # (asyncio.wrap_future passes its cancel on) can no longer cancel
+            # the pair every later call needs
+            future.set_running_or_notify_cancel()
 
         def run() -> None:
             try:
@@ -280,15 +284,49 @@ class _ClientKeys:
         future.set_result(pair)
         self._future = future
 
-    def get(self) -> KeyPair:
+    def get(
+        self, deadline: float | None = None, url: str = "", payload_id: str | None = None
+    ) -> KeyPair:
+        """The pair, waiting for it at most until the monotonic ``deadline``.
+
+        :raises APITimeoutError: the deadline passed first (the pair is still
+            made, for the next call).
+        """
         self._start()
-        return self._future.result()
+        future = self._future
+        wait = None if deadline is None else max(0.0, deadline - time.monotonic())
+        try:
+            return future.result(wait)
+        except concurrent.futures.TimeoutError:
+            if future.done():  # the pair's own failure
+                raise
+            raise APITimeoutError(
+                f"timed out waiting for the client key pair (calling {url})",
+                payload_id=payload_id,
+            ) from None
 
     async def aget(self) -> KeyPair:
+        """The pair, awaited; cancelling the wait leaves the pair alone (a
+        waiter of its own, not ``asyncio.wrap_future``, whose cancel would
+        reach the shared future)."""
         self._start()
-        if self._future.done():
-            return self._future.result()
-        return await asyncio.wrap_future(self._future)
+        future = self._future
+        if not future.done():
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[None] = loop.create_future()
+
+            def wake(_: object) -> None:  # on the key thread
+                with contextlib.suppress(RuntimeError):  # the waiter's loop is closed
+                    loop.call_soon_threadsafe(_wake, waiter)
+
+            future.add_done_callback(wake)
+            await waiter
+        return future.result()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # not cancelled meanwhile
+        waiter.set_result(None)
 
     def peek(self) -> KeyPair | None:
         """The pair if it is ready, without starting or waiting for it."""
@@ -941,7 +979,8 @@ class _SyncEngine:
         return self._send(self.core.call(payload, payload_id, api_key, tier))
 
     def _send(self, call: _Call) -> dict[str, Any]:
-        call.begin(self.core.keys.get(), self.router_key(deadline=call.deadline))
+        pair = self.core.keys.get(call.deadline, call.attempts.url, call.payload_id)
+        call.begin(pair, self.router_key(deadline=call.deadline))
         while True:
             transport = self._http()
             try:  # serialize -> seal -> send -> receive
@@ -1165,7 +1204,7 @@ class SecureCompletionClient:
     ) -> dict[str, Any]:
         """Seal ``payload``, send it, and return the opened, bound answer.
 
-        Retries 429/5xx/connection failures (a fresh seal each attempt),
+        Retries 429/5xx and failures before sending (a fresh seal each attempt),
         refetches the router key once after a 400, and raises the APIError
         subclass of the last failure otherwise.
 
@@ -1277,7 +1316,7 @@ class SecureChatCompletion(_ChatClient):
     :param key_password: the password of the private key file in ``key_dir``.
     :param server_key_fingerprint: ``"sha256:<hex>"``; any other router key is refused.
     :param timeout: seconds for a whole call (retries included), or an ``httpx.Timeout``.
-    :param max_retries: extra attempts after 429/5xx/connection failures.
+    :param max_retries: extra attempts after 429/5xx and failures before sending.
     :param max_response_bytes: the largest answer read.
     :param verify: True, a CA file path or an ``ssl.SSLContext``.
     :param attestation_verifier: ``verifier(attestation, payload_id)``, called

@@ -116,6 +116,10 @@ POOL_KEEPALIVE_EXPIRY = 30.0
 #: the most nomyo reads of an error body or of the router's public key
 MAX_ERROR_BODY_BYTES = 64 * 1024
 MAX_PUBLIC_KEY_BYTES = 64 * 1024
+#: the encodings an answer may come in (decompressed as it arrives, capped)
+ACCEPT_ENCODING = "gzip, deflate"
+#: the most one step of decompression makes
+INFLATE_PIECE = 64 * 1024
 #: file names in key_dir (the published client's)
 PRIVATE_KEY_FILE = "private_key.pem"
 PUBLIC_KEY_FILE = "public_key.pem"

@@ -14,6 +14,7 @@ the backoff between attempts.
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import json
 import logging
@@ -21,13 +22,16 @@ import random
 import ssl
 import threading
 import time
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import AsyncIterator, Callable, Iterable, Iterator
 from typing import Any
 
 import httpcore
 import httpx
 
 from ._constants import (
+    ACCEPT_ENCODING,
+    INFLATE_PIECE,
     INITIAL_RETRY_DELAY,
     MAX_ERROR_BODY_BYTES,
     MAX_PUBLIC_KEY_BYTES,
@@ -72,14 +76,29 @@ def parse_retry_after(value: str | None, now: float | None = None) -> float | No
 
 
 def should_retry(error: APIError) -> bool:
-    """Worth another attempt: 429, 500, 502, 503, 504, no connection, and a
-    timeout while connecting (the request was never sent).  A timeout while
-    waiting for the answer is not retried: the router may be working on it."""
-    if isinstance(error, APITimeoutError):
-        return isinstance(error.__cause__, httpx.ConnectTimeout | httpx.PoolTimeout)
-    if isinstance(error, APIConnectionError):
-        return True
+    """Worth another attempt, and safe: never a resend of a request the router
+    may have received in full.
+
+    - An answer with status 429, 500, 502, 503 or 504: the router (or the
+      gateway before it) says it did not complete the request.
+    - A failure before the request was sent: no connection could be made
+      (refused, unreachable, DNS, TLS handshake: ``httpx.ConnectError``),
+      connecting timed out, or no pooled connection became free
+      (``ConnectTimeout``, ``PoolTimeout``).
+
+    Anything after the request started on its way is final, whatever it
+    looks like: the connection dropped or reset while writing or waiting
+    (``RemoteProtocolError``, ``ReadError``, ``WriteError``), or a read or
+    write timeout.  The router may have the whole request and be working on
+    it; a second POST could be processed twice.
+    """
+    if isinstance(error, APIConnectionError):  # APITimeoutError too
+        return isinstance(error.__cause__, _NOT_SENT)
     return error.status_code in RETRY_STATUSES
+
+
+#: httpx's failures that prove nothing was sent (see :func:`should_retry`)
+_NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout)
 
 
 def retry_delay(
@@ -170,6 +189,10 @@ def _too_large(limit: int, payload_id: str | None, status: int) -> APIError:
         status_code=None,
         payload_id=payload_id,
     )
+
+
+#: only what :class:`_Inflater` decodes a piece at a time
+_HEADERS = {"Accept-Encoding": ACCEPT_ENCODING}
 
 
 def _limits() -> httpx.Limits:
@@ -288,7 +311,9 @@ class SyncTransport:
             inner._network_backend = _DeadlineBackend(self._deadline)
         else:  # pragma: no cover - a newer httpx: per-operation timeouts only
             log.warning("httpx changed: a trickling router can outlast the sync timeout")
-        self._http = httpx.Client(transport=pool, timeout=timeout, follow_redirects=False)
+        self._http = httpx.Client(
+            transport=pool, timeout=timeout, follow_redirects=False, headers=_HEADERS
+        )
 
     def close(self) -> None:
         self._http.close()
@@ -324,8 +349,9 @@ class SyncTransport:
         try:
             with self._http.stream(method, url, content=content, headers=headers, **kwargs) as r:
                 reader = _Reader(r, limit, deadline, url, payload_id)
-                for chunk in r.iter_bytes():
-                    if not reader.feed(chunk):
+                inflate = _Inflater(r, reader)
+                for raw in [r.content] if r.is_stream_consumed else r.iter_raw():
+                    if not all(reader.feed(chunk) for chunk in inflate(raw)):
                         break
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
@@ -354,7 +380,9 @@ class _Reader:
         self.body = bytearray()
         self.filled = 0
         declared = response.headers.get("content-length", "")
-        if self.ok and declared.isdigit():
+        # Content-Length counts the bytes on the wire: the answer's own size
+        # only when it is not compressed
+        if self.ok and declared.isdigit() and _encoding(response) in ("", "identity"):
             if int(declared) > self.cap:
                 raise _too_large(self.cap, payload_id, response.status_code)
             # one allocation of the announced size, filled in place: growing a
@@ -385,6 +413,62 @@ class _Reader:
         if not self.ok:
             raise _status_error(self.response, bytes(self.body[: self.cap]), self.payload_id)
         return self.body
+
+
+def _encoding(response: httpx.Response) -> str:
+    return str(response.headers.get("content-encoding", "")).strip().lower()
+
+
+class _Inflater:
+    """An answer's body decompressed as it arrives, INFLATE_PIECE bytes at a
+    time at most, so that the reader's cap stops a gzip bomb after the cap
+    plus one piece, not after the whole of a chunk inflated at once (which
+    is what httpx's iter_bytes does).  Only the encodings asked for
+    (ACCEPT_ENCODING: gzip, deflate) are taken; any other is refused.
+
+    :raises APIError: a 2xx answer in another encoding, or malformed
+        compressed data (an error body is then cut where it breaks).
+    """
+
+    def __init__(self, response: httpx.Response, reader: _Reader) -> None:
+        self.reader = reader
+        encoding = "" if response.is_stream_consumed else _encoding(response)
+        self.decoder: Any = None
+        if encoding in ("gzip", "x-gzip"):
+            self.decoder = zlib.decompressobj(16 + zlib.MAX_WBITS)
+        elif encoding == "deflate":
+            self.decoder = zlib.decompressobj(32 + zlib.MAX_WBITS)  # zlib (or gzip) framing
+        elif encoding not in ("", "identity"):
+            self._refuse(f"an answer in an encoding not asked for ({encoding[:40]!r})")
+
+    def _refuse(self, why: str) -> None:
+        reader = self.reader
+        if reader.ok:
+            raise APIError(
+                f"{why} from {reader.url}", status_code=None, payload_id=reader.payload_id
+            )
+        self.decoder = _BROKEN
+
+    def __call__(self, raw: bytes) -> Iterator[bytes]:
+        decoder = self.decoder
+        if decoder is None:
+            yield raw
+            return
+        if decoder is _BROKEN or decoder.eof:  # after the end of the stream: ignored
+            return
+        try:
+            piece = decoder.decompress(raw, INFLATE_PIECE)
+            while True:
+                if piece:
+                    yield piece
+                if not decoder.unconsumed_tail:
+                    return
+                piece = decoder.decompress(decoder.unconsumed_tail, INFLATE_PIECE)
+        except zlib.error:
+            self._refuse("a malformed compressed answer")
+
+
+_BROKEN = object()
 
 
 # ---------------------------------------------------------------- async
@@ -419,8 +503,21 @@ class AsyncTransport:
 
     def _open_shard(self) -> httpx.AsyncClient:
         client = httpx.AsyncClient(
-            verify=self._verify, timeout=self._timeout, limits=_limits(), follow_redirects=False
+            verify=self._verify,
+            timeout=self._timeout,
+            limits=_limits(),
+            follow_redirects=False,
+            headers=_HEADERS,
         )
+        # the TCP connection under a TLS handshake that is cancelled is closed
+        # now, not when the garbage collector finds it (private, as in the
+        # sync transport; tests/test_client_cancellation.py fails without it)
+        pool = getattr(getattr(client, "_transport", None), "_pool", None)
+        backend = getattr(pool, "_network_backend", None)
+        if backend is not None:
+            pool._network_backend = _ClosingBackend(backend)  # type: ignore[union-attr]
+        else:  # pragma: no cover - a newer httpx
+            log.warning("httpx changed: a cancelled TLS handshake leaves its socket to the gc")
         self._shards.append(client)
         self._busy.append(0)
         return client
@@ -459,17 +556,136 @@ class AsyncTransport:
         """As :meth:`SyncTransport.request`."""
         kwargs: dict[str, Any] = {} if timeout is None else {"timeout": timeout}
         shard = self._pick()
+        client = self._shards[shard]
         self._busy[shard] += 1
+        held: Any = None  # the pool's record of this request, once answered
         try:
-            async with self._shards[shard].stream(
-                method, url, content=content, headers=headers, **kwargs
-            ) as r:
+            async with client.stream(method, url, content=content, headers=headers, **kwargs) as r:
+                held = _pool_request(r)
                 reader = _Reader(r, limit, deadline, url, payload_id)
-                async for chunk in r.aiter_bytes():
-                    if not reader.feed(chunk):
+                inflate = _Inflater(r, reader)
+                async for raw in _raw(r):
+                    if not all(reader.feed(chunk) for chunk in inflate(raw)):
                         break
         except httpx.HTTPError as exc:
             raise _connection_error(exc, url, payload_id) from exc
+        except BaseException as exc:
+            if not isinstance(exc, Exception):  # cancelled: a task.cancel, a timeout
+                await _evict_abandoned(client, held)
+            raise
         finally:
             self._busy[shard] -= 1
         return reader.result(method)
+
+
+class _ClosingStream(httpcore.AsyncNetworkStream):
+    """A TCP stream whose TLS handshake, if interrupted by anything (a
+    cancel included), closes it: httpcore's anyio stream closes it only on an
+    Exception, and a cancel is a BaseException, so its socket would wait for
+    the garbage collector.  Once TLS is up, the TLS stream is used directly."""
+
+    def __init__(self, stream: httpcore.AsyncNetworkStream) -> None:
+        self._stream = stream
+
+    async def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return await self._stream.read(max_bytes, timeout)
+
+    async def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        await self._stream.write(buffer, timeout)
+
+    async def aclose(self) -> None:
+        await self._stream.aclose()
+
+    async def start_tls(
+        self,
+        ssl_context: ssl.SSLContext,
+        server_hostname: str | None = None,
+        timeout: float | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        try:
+            return await self._stream.start_tls(ssl_context, server_hostname, timeout)
+        except BaseException:
+            await self._stream.aclose()  # closes the socket before its first await
+            raise
+
+    def get_extra_info(self, info: str) -> Any:
+        return self._stream.get_extra_info(info)
+
+
+class _ClosingBackend(httpcore.AsyncNetworkBackend):
+    """httpcore's own backend, its TCP streams made :class:`_ClosingStream` s."""
+
+    def __init__(self, backend: httpcore.AsyncNetworkBackend) -> None:
+        self._backend = backend
+
+    async def connect_tcp(
+        self,
+        host: str,
+        port: int,
+        timeout: float | None = None,
+        local_address: str | None = None,
+        socket_options: Iterable[Any] | None = None,
+    ) -> httpcore.AsyncNetworkStream:
+        stream = await self._backend.connect_tcp(host, port, timeout, local_address, socket_options)
+        return _ClosingStream(stream)
+
+    async def connect_unix_socket(
+        self, path: str, timeout: float | None = None, socket_options: Iterable[Any] | None = None
+    ) -> httpcore.AsyncNetworkStream:  # pragma: no cover - nomyo speaks TCP
+        return await self._backend.connect_unix_socket(path, timeout, socket_options)
+
+    async def sleep(self, seconds: float) -> None:  # pragma: no cover - httpcore retries are off
+        await self._backend.sleep(seconds)
+
+
+async def _raw(response: httpx.Response) -> AsyncIterator[bytes]:
+    if response.is_stream_consumed:  # made read (httpx.MockTransport): decoded already
+        yield response.content
+        return
+    async for raw in response.aiter_raw():
+        yield raw
+
+
+def _pool_request(response: httpx.Response) -> Any:
+    """httpcore's record of the request behind ``response`` (private: None
+    if a newer httpx or httpcore has moved it)."""
+    stream = getattr(getattr(response, "stream", None), "_stream", None)
+    return getattr(getattr(stream, "_httpcore_stream", None), "_pool_request", None)
+
+
+async def _evict_abandoned(client: httpx.AsyncClient, held: Any) -> None:
+    """After a cancelled request: take out of the pool what the cancel left
+    behind, and close it.
+
+    httpcore 1.0.9 cleans up after a cancel inside anyio's shields, which a
+    native asyncio cancel (task.cancel(), asyncio.timeout) goes through
+    (encode/httpcore#1093): the request can stay in the pool's queue with its
+    connection ACTIVE, or a connection made for it stays NEW (#1099).
+    Neither is ever used or closed again: the pool's slots fill with them
+    (then every request waits for a slot) and their sockets stay open.  So:
+    the request is removed if still there, every connection that is neither
+    idle nor closed nor serving a live request is removed and closed, and
+    the queue is re-assigned (a request waiting for a slot gets one).
+    """
+    pool = getattr(getattr(client, "_transport", None), "_pool", None)
+    requests = getattr(pool, "_requests", None)
+    connections = getattr(pool, "_connections", None)
+    if pool is None or requests is None or connections is None:  # pragma: no cover
+        return
+    with pool._optional_thread_lock:
+        if held is not None and held in requests:
+            requests.remove(held)
+        serving = {id(request.connection) for request in requests}
+        closing = [
+            connection
+            for connection in connections
+            if id(connection) not in serving
+            and not connection.is_idle()
+            and not connection.is_closed()
+        ]
+        for connection in closing:
+            connections.remove(connection)
+        closing += pool._assign_requests_to_connections()
+    for connection in closing:
+        with contextlib.suppress(Exception):
+            await connection.aclose()
