@@ -40,8 +40,8 @@ Covered:
   through /proc/self/clear_refs after a first normal request): an APIError
   naming max_response_bytes, the router saw the client hang up long before
   the end, and the peak grows by less than the 8 MiB cap plus 8 MiB; the
-  control, under a 64 MiB cap, reads a 30 MB answer whole and sees the peak
-  grow by at least 30 MB;
+  control, under a 64 MiB cap, reads a 40 MB answer whole and sees the peak
+  grow by at least the cap plus 16 MiB (far above what the refusals allow);
 * stalling routers, sync and async (a raw TLS server, as uvicorn cannot
   trickle headers): the body stops midway, the body trickles a byte at a
   time, the headers trickle, the router key trickles (for create() and for
@@ -873,20 +873,25 @@ def test_a_100_mb_answer_is_refused_within_the_cap(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_the_measurement_sees_a_30_mb_answer_under_a_larger_cap(
+def test_the_measurement_sees_a_40_mb_answer_under_a_larger_cap(
     router: FaultRouter, tls: dict[str, Path], key_dir: Path, kind: str
 ) -> None:
     # the control: the same junk, streamed, under a 64 MiB cap is read whole
     # (then refused, as it is no package) and the peak shows it
     state = {"sent": 0, "closed": 0}
-    router.script = [ok(), junk_stream(30 * MB, declared=False, state=state)]
+    router.script = [ok(), junk_stream(40 * MB, declared=False, state=state)]
 
     result = measure(router, tls, key_dir, kind, 64 * MiB)
 
     assert result["error"] == ["SecurityError", OPEN_FAILED]
-    assert result["growth"] >= 30 * MB, f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
+    # checked against the bound the refusals above must stay under, with room,
+    # not against the body's exact size: how much of a read shows as new peak
+    # RSS depends on the allocator (3.10 once saw 28.6 MiB of a 30 MB body)
+    assert result["growth"] >= CAP + MARGIN + 8 * MiB, (
+        f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
+    )
     wait_closed(state)
-    assert state["sent"] == 30 * MB
+    assert state["sent"] == 40 * MB
 
 
 # ---------------------------------------------------------------- stalling routers
