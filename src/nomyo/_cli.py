@@ -17,9 +17,12 @@ import getpass
 import itertools
 import logging
 import os
+import shutil
+import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -403,6 +406,8 @@ def _serve(args: argparse.Namespace) -> int:
         ) from exc
     if bool(args.certfile) != bool(args.keyfile):
         raise _Failure("--certfile and --keyfile go together", EXIT_USAGE)
+    if args.tls_self_signed and args.certfile:
+        raise _Failure("--tls-self-signed or --certfile/--keyfile, not both", EXIT_USAGE)
     for path in filter(None, (args.certfile, args.keyfile)):
         if not os.path.isfile(path):
             raise _Failure(f"no such file: {path}", EXIT_USAGE)
@@ -413,19 +418,48 @@ def _serve(args: argparse.Namespace) -> int:
         upstream_api_key=_env_secret(args.upstream_api_key_env, "--upstream-api-key-env"),
     )
     print(f"router key fingerprint: {_keys.fingerprint(config.private_key)}", flush=True)
-    scheme = "https" if args.certfile else "http"
-    return _run_uvicorn(
-        uvicorn.Config(
+    scheme = "https" if args.certfile or args.tls_self_signed else "http"
+    certfile, keyfile, folder = args.certfile, args.keyfile, None
+    if args.tls_self_signed:
+        certfile, keyfile, folder = _self_signed(args.host)
+    try:
+        uvicorn_config = uvicorn.Config(
             create_app(config),
             host=args.host,
             port=args.port,
-            ssl_certfile=args.certfile,
-            ssl_keyfile=args.keyfile,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
             log_level=args.log_level,
             server_header=False,
-        ),
-        lambda h, p: f"nomyo serve: listening on {scheme}://{h}:{p}",
-    )
+        )
+        if folder is not None:
+            uvicorn_config.load()  # the certificate and key are in memory from here on
+            os.unlink(certfile)
+            os.unlink(keyfile)
+            print(f"nomyo serve: throwaway TLS CA, for clients' --ca: {folder}/ca.pem", flush=True)
+            # uvicorn ends a SIGTERM'd server by raising SIGTERM again: make that
+            # an exit through the finally below, which removes the CA
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        banner = lambda h, p: f"nomyo serve: listening on {scheme}://{h}:{p}"  # noqa: E731
+        return _run_uvicorn(uvicorn_config, banner)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _self_signed(host: str) -> tuple[str, str, str]:
+    """--tls-self-signed: a throwaway CA (as ``nomyo demo`` makes) and a
+    certificate for ``host``, 127.0.0.1 and localhost, in a fresh 0700
+    directory; returns the certificate's and key's paths and the directory
+    (which holds ca.pem for the clients)."""
+    from ._demo import make_throwaway_tls, write_tls_files
+
+    hosts = [h for h in (host, "127.0.0.1", "localhost") if h not in ("0.0.0.0", "::", "")]  # noqa: S104
+    tls = make_throwaway_tls(*dict.fromkeys(hosts))
+    folder = tempfile.mkdtemp(prefix="nomyo-serve-tls-")
+    Path(folder, "ca.pem").write_bytes(tls.ca_pem)
+    cert, key = write_tls_files(tls, folder)
+    return str(cert), str(key), folder
 
 
 # ---------------------------------------------------------------- the parser
@@ -510,6 +544,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--port", type=int, default=DEFAULT_SERVE_PORT, help="0 picks a free port")
     serve.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
+    serve.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a throwaway CA made now; its path is printed for --ca",
+    )
     serve.add_argument(
         "--api-key", action="append", metavar="KEY", help="accepted bearer key (repeatable)"
     )
