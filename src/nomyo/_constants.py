@@ -45,6 +45,8 @@ DEFAULT_SERVE_PORT = 12434
 #: seconds to connect to / wait for an upstream model server
 UPSTREAM_CONNECT_TIMEOUT = 10.0
 UPSTREAM_READ_TIMEOUT = 600.0
+#: how much of an upstream's 4xx message `nomyo serve` passes on
+UPSTREAM_REASON_CHARS = 300
 
 # ---- the client
 DEFAULT_BASE_URL = "https://api.nomyo.ai"
