@@ -233,7 +233,12 @@ def run_demo(
     say(f"    excluded from core dumps:      {_mark(report.dontdump)}")
     say(f"    wiped in forked children:      {_mark(report.wipeonfork)}")
     say(f"    memfd_secret available:        {_mark(report.memfd_secret)}")
-    shown = "unlimited" if limit is None else f"{limit // 1024} KiB"
+    from ._cli import _has_ipc_lock  # the same reading as `nomyo doctor`
+
+    if _has_ipc_lock():
+        shown = "no limit (CAP_IPC_LOCK)"
+    else:
+        shown = "unlimited" if limit is None else f"{limit // 1024} KiB"
     say(f"    RLIMIT_MEMLOCK:                {shown}")
     say(
         f"  request:      {elapsed * 1e3:.1f} ms the first time (client key pair and "
