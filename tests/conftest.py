@@ -16,6 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
+from hypothesis import settings
 
 from nomyo import _keys
 from nomyo.memory import BACKEND
@@ -31,6 +32,11 @@ from tests.servers import (
 )
 
 ROOT = Path(__file__).resolve().parents[1]
+
+# no per-example deadline anywhere (explicit @settings inherit this): how long
+# one example takes depends on the machine's load, not on the code under test
+settings.register_profile("nomyo", deadline=None)
+settings.load_profile("nomyo")
 UNPRIVILEGED_UID = 65534
 
 # `make sanitize` sets NOMYO_SANITIZE.  ASan's reports go to files the Makefile

@@ -187,12 +187,13 @@ class FakeUpstream:
 
         self.received: list[tuple[dict[str, Any], str | None]] = []
         self.status = status
+        self.error: Any = {"error": "boom"}  # the body of a non-200 answer
 
         async def completions(request: Request) -> JSONResponse:
             body = await request.json()
             self.received.append((body, request.headers.get("authorization")))
             if self.status != 200:
-                return JSONResponse({"error": "boom"}, status_code=self.status)
+                return JSONResponse(self.error, status_code=self.status)
             return JSONResponse(
                 {
                     "id": "chatcmpl-up",

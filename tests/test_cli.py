@@ -100,8 +100,12 @@ def test_exit_codes_per_class_of_failure(server: Endpoint) -> None:
 
 
 def test_debug_shows_the_traceback(server: Endpoint) -> None:
-    proc = nomyo("--debug", "chat", "--base-url", "http://127.0.0.1:9", "--model", "m", "x")
-    assert proc.returncode != 0 and "Traceback" in proc.stderr and "SecurityError" in proc.stderr
+    proc = nomyo(
+        "--debug", "chat", "--base-url", "https://127.0.0.1:9", "--model", "m",
+        "--max-retries", "0", "x",
+    )  # fmt: skip
+    assert proc.returncode != 0 and "Traceback" in proc.stderr
+    assert "APIConnectionError" in proc.stderr
 
 
 def test_keys_generate_and_fingerprint(tmp_path: Path) -> None:

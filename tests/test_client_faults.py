@@ -503,7 +503,9 @@ def test_a_slow_router_times_out(api: Api) -> None:
         api.create(client)
     elapsed = time.monotonic() - started
 
-    assert elapsed < 1.5
+    # the router answers after 3 s: anything under that is the timeout, with
+    # room for a loaded machine (one retry would show in the posts below)
+    assert elapsed < 2.5
     assert len(api.router.posts) == 1  # waiting for an answer is not retried
     assert caught.value.payload_id == post_ids(api.router)[0]
 

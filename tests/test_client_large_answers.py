@@ -6,8 +6,9 @@ Content-Length, sync and async, from a client in a subprocess that
 measures its own peak RSS (VmHWM, reset through /proc/self/clear_refs after
 a first normal request): an APIError naming max_response_bytes, the router
 saw the client hang up long before the end, and the peak grows by less than
-the 8 MiB cap plus 8 MiB; the control, under a 64 MiB cap, reads a 30 MB
-answer whole and sees the peak grow by at least 29 MB.
+the 8 MiB cap plus 8 MiB; the control, under a 64 MiB cap, reads a 40 MB
+answer whole and sees the peak grow by at least the cap plus 16 MiB (far
+above what the refusals allow).
 """
 
 from __future__ import annotations
@@ -129,19 +130,23 @@ def test_a_100_mb_answer_is_refused_within_the_cap(
 
 
 @pytest.mark.parametrize("kind", ["sync", "async"])
-def test_the_measurement_sees_a_30_mb_answer_under_a_larger_cap(
+def test_the_measurement_sees_a_40_mb_answer_under_a_larger_cap(
     router: FaultRouter, tls: dict[str, Path], key_dir: Path, kind: str
 ) -> None:
     # the control: the same junk, streamed, under a 64 MiB cap is read whole
     # (then refused, as it is no package) and the peak shows it
     state = {"sent": 0, "closed": 0}
-    router.script = [ok(), junk_stream(30 * MB, declared=False, state=state)]
+    router.script = [ok(), junk_stream(40 * MB, declared=False, state=state)]
 
     result = measure(router, tls, key_dir, kind, 64 * MiB)
 
     assert result["error"] == ["SecurityError", OPEN_FAILED]
-    # 29 MB: the heap reuses up to a few hundred KB freed by the first request
-    # (the reader holds no chunk besides the body at its peak)
-    assert result["growth"] >= 29 * MB, f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
+    # checked against the bound the refusals above must stay under, with room,
+    # not against the body's exact size: how much of a read shows as new peak
+    # RSS depends on the allocator and on what the heap reuses (3.10 once saw
+    # 28.6 MiB of a 30 MB body)
+    assert result["growth"] >= CAP + MARGIN + 8 * MiB, (
+        f"peak RSS grew by only {result['growth'] / MiB:.1f} MiB"
+    )
     wait_closed(state)
-    assert state["sent"] == 30 * MB
+    assert state["sent"] == 40 * MB

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -76,6 +77,19 @@ def test_version_matches_pyproject() -> None:
     assert f'version = "{nomyo.__version__}"' in text
 
 
+def test_python_versions_are_what_make_matrix_tests() -> None:
+    # `make matrix` runs CPython 3.10-3.13; the metadata claims exactly those
+    text = (ROOT / "pyproject.toml").read_text()
+    claimed = re.findall(r'"Programming Language :: Python :: (3\.\d+)"', text)
+    makefile = (ROOT / "Makefile").read_text()
+    glob = re.search(r"versions/3\.1\[(\d)-(\d)\]", makefile)
+    assert glob, "make matrix no longer picks its versions by the glob this test reads"
+    tested = [f"3.1{minor}" for minor in range(int(glob[1]), int(glob[2]) + 1)]
+    assert claimed == tested == ["3.10", "3.11", "3.12", "3.13"]
+    assert 'requires-python = ">=3.10"' in text  # the lowest tested; see the README
+    assert "Implementation :: CPython" in text and "PyPy" not in text
+
+
 def _pip_install(target: Path, extra_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("NOMYO_")}
     env.update(extra_env)
@@ -84,7 +98,9 @@ def _pip_install(target: Path, extra_env: dict[str, str]) -> subprocess.Complete
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.so", "*.egg-info", ".*cache"),
+        ignore=shutil.ignore_patterns(
+            ".venv*", ".git", "build", "dist", "*.so", "*.egg-info", ".*cache"
+        ),
     )
     return subprocess.run(
         [sys.executable, "-m", "pip", "install", "--quiet", "--no-deps", "--target", str(target),

@@ -24,7 +24,13 @@ from starlette.applications import Starlette
 import nomyo
 from nomyo import _keys
 from nomyo._constants import PRIVATE_KEY_FILE, PUBLIC_KEY_FILE
-from nomyo.proxy import VERIFICATION_FAILED, create_proxy_app, is_loopback
+from nomyo.proxy import (
+    PIN_MISMATCH,
+    TLS_FAILED,
+    VERIFICATION_FAILED,
+    create_proxy_app,
+    is_loopback,
+)
 from tests.faults import FaultRouter, huge, ok, status, tampered_tag, wrong_payload_id
 from tests.servers import API_KEY, MARKER, Endpoint
 
@@ -383,6 +389,43 @@ def test_security_error_is_opaque(faulty: str, router: FaultRouter, behaviour: A
     }
     router.script = [ok()]  # the proxy goes on working
     assert post(faulty, chat("after")).json()["choices"][0]["message"]["content"] == "after"
+
+
+def test_a_wrong_pin_says_so_sends_nothing_and_logs_why(
+    make: Make, router: FaultRouter, tls: dict[str, Path], caplog: pytest.LogCaptureFixture
+) -> None:
+    wrong = "sha256:" + "0" * 64
+    with (
+        caplog.at_level(logging.WARNING),
+        running(
+            make(router.url, verify=str(tls["ca"]), max_retries=0, server_key_fingerprint=wrong)
+        ) as url,
+    ):
+        error = assert_openai_error(post(url, chat("pinned")), 502, "api_error")
+    assert error["message"] == PIN_MISMATCH and error["code"] == "pin_mismatch"
+    assert router.posts == []  # nothing was sent
+    assert any("does not match server_key_fingerprint" in r.getMessage() for r in caplog.records)
+    # the control: the router's true pin goes through
+    right = router.fingerprint
+    with running(
+        make(router.url, verify=str(tls["ca"]), max_retries=0, server_key_fingerprint=right)
+    ) as url:
+        assert post(url, chat("pinned")).status_code == 200
+    assert len(router.posts) == 1
+
+
+def test_an_untrusted_router_certificate_says_tls_failed_and_logs_why(
+    make: Make, router: FaultRouter, caplog: pytest.LogCaptureFixture
+) -> None:
+    # the system's CAs, which do not include the test CA
+    with (
+        caplog.at_level(logging.WARNING),
+        running(make(router.url, verify=True, max_retries=0)) as url,
+    ):
+        error = assert_openai_error(post(url, chat("untrusted")), 502, "api_error")
+    assert error["message"] == TLS_FAILED and error["code"] == "tls_verification_failed"
+    assert router.posts == []
+    assert any("TLS certificate verification failed" in r.getMessage() for r in caplog.records)
 
 
 @pytest.mark.parametrize(

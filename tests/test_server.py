@@ -18,6 +18,7 @@ from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+import nomyo
 from nomyo import _hybrid, _keys
 from nomyo.server import MAX_BODY_BYTES
 from tests.servers import (
@@ -285,6 +286,40 @@ def test_upstream_gets_the_decrypted_request(
     assert sent == chat(temperature=0.5, stream=False)
     assert authorization == f"Bearer {UPSTREAM_KEY}"
     assert UPSTREAM_KEY not in proxied.logs() and MARKER not in proxied.logs()
+
+
+@pytest.mark.parametrize(
+    ("status", "error", "expected", "message"),
+    [
+        (404, {"error": {"message": "model 'nope' not found"}}, 404, ": model 'nope' not found"),
+        (400, {"error": "too many tokens"}, 400, ": too many tokens"),
+        (422, {"detail": "bad 'n'"}, 422, ": bad 'n'"),
+        (404, "not json", 404, ""),
+        # an error quoting the request is not passed on in the clear
+        (400, {"error": f"cannot parse {MARKER[:20]}"}, 400, ""),
+        # the upstream refusing this server's own key is not the client's fault
+        (401, {"error": "bad key"}, 502, ""),
+        # the control: a failing upstream is retried (so the count below sees retries)
+        (500, {"error": "boom"}, 502, ""),
+    ],
+)
+def test_an_upstream_4xx_is_passed_on_and_not_retried(
+    proxied: Endpoint, upstream: FakeUpstream, status: int, error: Any, expected: int, message: str
+) -> None:
+    upstream.status, upstream.error = status, error
+    client = nomyo.SyncSecureChatCompletion(proxied.url, verify=str(proxied.ca), max_retries=2)
+    before = len(upstream.received)
+    try:
+        with pytest.raises(nomyo.APIError) as caught:
+            client.create("nope", [{"role": "user", "content": MARKER}])
+    finally:
+        upstream.status, upstream.error = 200, {"error": "boom"}
+        client.close()
+    assert caught.value.status_code == expected
+    assert caught.value.message == f"upstream answered {status}{message}"
+    tries = len(upstream.received) - before
+    assert tries == (3 if expected >= 500 else 1)
+    assert MARKER not in proxied.logs()
 
 
 def test_upstream_failures_are_502_503(

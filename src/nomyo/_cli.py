@@ -17,10 +17,14 @@ import getpass
 import itertools
 import logging
 import os
+import shutil
+import signal
 import socket
 import ssl
 import sys
+import tempfile
 import threading
+import warnings
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -114,6 +118,25 @@ def _env_secret(name: str | None, what: str) -> str | None:
     return value
 
 
+def _router_url(url: str | None, allow_http: bool) -> str:
+    """The router's URL (the option, $NOMYO_BASE_URL or the default), refused
+    when plain HTTP without --allow-http; with it, one line on stderr."""
+    url = url or os.environ.get(BASE_URL_ENV) or DEFAULT_BASE_URL
+    if url.partition(":")[0].lower() == "http":
+        if not allow_http:
+            raise _Failure(
+                f"refusing plain HTTP to {url}: use https://, or --allow-http "
+                "(local development only)",
+                EXIT_SECURITY,
+            )
+        print(
+            f"nomyo: warning: plain HTTP to {url}: only the payload is encrypted, "
+            "not the connection (--allow-http)",
+            file=sys.stderr,
+        )
+    return url
+
+
 def _verify(args: argparse.Namespace) -> Any:
     if getattr(args, "ca", None):
         try:
@@ -129,17 +152,19 @@ def _verify(args: argparse.Namespace) -> Any:
 def _chat(args: argparse.Namespace) -> int:
     from ._client import SyncSecureChatCompletion
 
+    base_url = _router_url(args.base_url, args.allow_http)
     model = args.model or os.environ.get(MODEL_ENV)
     if not model:
         raise _Failure(f"nomyo chat needs --model (or {MODEL_ENV})", EXIT_USAGE)
-    prompt = args.prompt if args.prompt is not None else sys.stdin.read()
+    # a piped prompt's final line break ends the file, not the prompt
+    prompt = args.prompt if args.prompt is not None else sys.stdin.read().rstrip("\r\n")
     if not prompt.strip():
         raise _Failure("nothing to send: give a PROMPT or pipe one on stdin", EXIT_USAGE)
     extra: dict[str, Any] = {}
     if args.tier:
         extra["security_tier"] = args.tier
     with SyncSecureChatCompletion(
-        args.base_url,
+        base_url,
         allow_http=args.allow_http,
         api_key=args.api_key,
         server_key_fingerprint=args.pin,
@@ -201,12 +226,22 @@ def _keys_generate(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _load_private_key(path: str | Path, password: str | None, option: str) -> Any:
+    try:
+        return _keys.load_private_key(path, password=password)
+    except ValueError as exc:
+        if password is None and "a password is needed" in str(exc):
+            raise _Failure(f"{exc}: give it with {option} VAR", EXIT_USAGE) from exc
+        raise
+
+
 def _keys_fingerprint(args: argparse.Namespace) -> int:
     if args.server:
         from ._client import SyncSecureChatCompletion
 
+        server = _router_url(args.server, args.allow_http)
         with SyncSecureChatCompletion(
-            args.server, allow_http=args.allow_http, verify=_verify(args), max_retries=0
+            server, allow_http=args.allow_http, verify=_verify(args), max_retries=0
         ) as client:
             pem = client.fetch_server_public_key()
         print(_keys.fingerprint(_keys.load_public_key(pem)))
@@ -220,7 +255,7 @@ def _keys_fingerprint(args: argparse.Namespace) -> int:
         raise _Failure(f"{path}: {exc.strerror or exc}") from exc
     if b"PRIVATE KEY" in data:
         password = _env_secret(args.password_env, "--password-env")
-        key: Any = _keys.load_private_key(path, password=password)
+        key: Any = _load_private_key(path, password, "--password-env")
     else:
         key = _keys.load_public_key(data)
     print(_keys.fingerprint(key))
@@ -285,6 +320,13 @@ def _doctor(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise _Failure(
+            f"nomyo demo needs the server extra: pip install 'nomyo[server]' ({exc})"
+        ) from exc
     from ._demo import run_demo
 
     return run_demo(upstream=args.upstream, model=args.model)
@@ -304,6 +346,7 @@ def _proxy(args: argparse.Namespace) -> int:
     host = host.strip("[]") or "127.0.0.1"
     if not port.isdigit():
         raise _Failure(f"--listen must be HOST:PORT, not {args.listen!r}", EXIT_USAGE)
+    _check_free(host, int(port))
     if not is_loopback(host):
         print(
             f"nomyo proxy: WARNING: listening on {host}, not loopback: anyone who can reach "
@@ -311,7 +354,7 @@ def _proxy(args: argparse.Namespace) -> int:
             file=sys.stderr,
         )
     client = SecureChatCompletion(
-        args.base_url,
+        _router_url(args.base_url, args.allow_http),
         allow_http=args.allow_http,
         api_key=args.api_key,
         server_key_fingerprint=args.pin,
@@ -354,11 +397,35 @@ def _run_uvicorn(config: Any, banner: Callable[[str, int], str]) -> int:
     return EXIT_OK if server.started else EXIT_FAILURE
 
 
+def _check_free(host: str, port: int) -> None:
+    """One line and exit code 3 when ``host:port`` cannot be listened on (in
+    use, or not ours to bind), instead of uvicorn's log lines at start."""
+    if port == 0:
+        return
+    try:
+        addresses = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        raise _Failure(f"cannot listen on {host}:{port}: {exc.strerror}", EXIT_CONNECTION) from exc
+    for family, kind, proto, _, address in addresses:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+            try:
+                probe.bind(address)
+            except OSError as exc:
+                why = (exc.strerror or str(exc)).lower()
+                raise _Failure(
+                    f"cannot listen on {host}:{port}: {why} (choose another port)",
+                    EXIT_CONNECTION,
+                ) from exc
+
+
 def _server_key(args: argparse.Namespace) -> Any:
     password = _env_secret(args.server_key_password_env, "--server-key-password-env")
     if args.server_key:
         try:
-            return _keys.load_private_key(args.server_key, password=password)
+            return _load_private_key(args.server_key, password, "--server-key-password-env")
+        except _Failure:
+            raise
         except (OSError, ValueError, NomyoError) as exc:
             raise _Failure(f"cannot use --server-key: {exc}", _exit_code(exc)) from exc
     if password is not None:
@@ -399,9 +466,12 @@ def _serve(args: argparse.Namespace) -> int:
         ) from exc
     if bool(args.certfile) != bool(args.keyfile):
         raise _Failure("--certfile and --keyfile go together", EXIT_USAGE)
+    if args.tls_self_signed and args.certfile:
+        raise _Failure("--tls-self-signed or --certfile/--keyfile, not both", EXIT_USAGE)
     for path in filter(None, (args.certfile, args.keyfile)):
         if not os.path.isfile(path):
             raise _Failure(f"no such file: {path}", EXIT_USAGE)
+    _check_free(args.host, args.port)  # before a router key is made
     config = ServerConfig(
         private_key=_server_key(args),
         api_keys=_serve_api_keys(args),
@@ -411,19 +481,48 @@ def _serve(args: argparse.Namespace) -> int:
         max_concurrent=args.max_concurrent,
     )
     print(f"router key fingerprint: {_keys.fingerprint(config.private_key)}", flush=True)
-    scheme = "https" if args.certfile else "http"
-    return _run_uvicorn(
-        uvicorn.Config(
+    scheme = "https" if args.certfile or args.tls_self_signed else "http"
+    certfile, keyfile, folder = args.certfile, args.keyfile, None
+    if args.tls_self_signed:
+        certfile, keyfile, folder = _self_signed(args.host)
+    try:
+        uvicorn_config = uvicorn.Config(
             create_app(config),
             host=args.host,
             port=args.port,
-            ssl_certfile=args.certfile,
-            ssl_keyfile=args.keyfile,
+            ssl_certfile=certfile,
+            ssl_keyfile=keyfile,
             log_level=args.log_level,
             server_header=False,
-        ),
-        lambda h, p: f"nomyo serve: listening on {scheme}://{h}:{p}",
-    )
+        )
+        if folder is not None:
+            uvicorn_config.load()  # the certificate and key are in memory from here on
+            os.unlink(certfile)
+            os.unlink(keyfile)
+            print(f"nomyo serve: throwaway TLS CA, for clients' --ca: {folder}/ca.pem", flush=True)
+            # uvicorn ends a SIGTERM'd server by raising SIGTERM again: make that
+            # an exit through the finally below, which removes the CA
+            signal.signal(signal.SIGTERM, lambda *_: sys.exit(128 + signal.SIGTERM))
+        banner = lambda h, p: f"nomyo serve: listening on {scheme}://{h}:{p}"  # noqa: E731
+        return _run_uvicorn(uvicorn_config, banner)
+    finally:
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+
+
+def _self_signed(host: str) -> tuple[str, str, str]:
+    """--tls-self-signed: a throwaway CA (as ``nomyo demo`` makes) and a
+    certificate for ``host``, 127.0.0.1 and localhost, in a fresh 0700
+    directory; returns the certificate's and key's paths and the directory
+    (which holds ca.pem for the clients)."""
+    from ._demo import make_throwaway_tls, write_tls_files
+
+    hosts = [h for h in (host, "127.0.0.1", "localhost") if h not in ("0.0.0.0", "::", "")]  # noqa: S104
+    tls = make_throwaway_tls(*dict.fromkeys(hosts))
+    folder = tempfile.mkdtemp(prefix="nomyo-serve-tls-")
+    Path(folder, "ca.pem").write_bytes(tls.ca_pem)
+    cert, key = write_tls_files(tls, folder)
+    return str(cert), str(key), folder
 
 
 # ---------------------------------------------------------------- the parser
@@ -509,6 +608,11 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--certfile", help="TLS certificate (PEM); serve HTTPS")
     serve.add_argument("--keyfile", help="TLS private key (PEM)")
     serve.add_argument(
+        "--tls-self-signed",
+        action="store_true",
+        help="serve HTTPS with a throwaway CA made now; its path is printed for --ca",
+    )
+    serve.add_argument(
         "--api-key",
         action="append",
         metavar="KEY",
@@ -548,8 +652,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _one_line_warning(message: Warning | str, category: type[Warning], *_: Any, **__: Any) -> None:
+    text = " ".join(str(message).split()).removeprefix("nomyo: ")
+    print(f"nomyo: warning: {text}", file=sys.stderr)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    # warnings as one line, without a source line; plain HTTP was said once already
+    warnings.showwarning = _one_line_warning
+    warnings.filterwarnings("ignore", message="nomyo: plain HTTP", category=UserWarning)
     try:
         return int(args.func(args))
     except KeyboardInterrupt:

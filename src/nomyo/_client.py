@@ -323,17 +323,17 @@ class _ClientKeys:
             await waiter
         return future.result()
 
-
-def _wake(waiter: asyncio.Future[None]) -> None:
-    if not waiter.done():  # not cancelled meanwhile
-        waiter.set_result(None)
-
     def peek(self) -> KeyPair | None:
         """The pair if it is ready, without starting or waiting for it."""
         future = self._future
         if future.done() and future.exception() is None:
             return future.result()
         return None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # not cancelled meanwhile
+        waiter.set_result(None)
 
 
 # ---------------------------------------------------------------- the shared core

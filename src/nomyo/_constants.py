@@ -85,6 +85,8 @@ PROXY_MAX_PATH_CHARS = 200
 # ---- the command line
 #: environment variable naming the model of ``nomyo chat``
 MODEL_ENV = "NOMYO_MODEL"
+#: how much of an upstream's 4xx message `nomyo serve` passes on
+UPSTREAM_REASON_CHARS = 300
 
 # ---- the client
 DEFAULT_BASE_URL = "https://api.nomyo.ai"

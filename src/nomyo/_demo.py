@@ -25,25 +25,40 @@ from cryptography.x509.oid import NameOID
 from . import _keys
 from ._client import SyncSecureChatCompletion
 from ._constants import DEFAULT_KEY_BITS
-from .memory import protection
+from .memory import lock_budget, protection
 
 DEMO_PROMPT = "Patient 4711, 54 y: chest pain since this morning. Summarise for the handover."
 
 
 @dataclass(frozen=True)
 class Throwaway:
-    """A CA and a certificate for 127.0.0.1 signed by it, all in memory."""
+    """A CA and a certificate for some hosts signed by it, all in memory."""
 
     ca_pem: bytes
     cert_pem: bytes
     key_pem: bytes
 
 
-def make_throwaway_tls(host: str = "127.0.0.1") -> Throwaway:
-    """A fresh P-256 CA and a server certificate for ``host``, valid for a day."""
+def _san(host: str) -> x509.GeneralName:
+    try:
+        return x509.IPAddress(ipaddress.ip_address(host))
+    except ValueError:
+        return x509.DNSName(host)
+
+
+def make_throwaway_tls(host: str = "127.0.0.1", *more_hosts: str) -> Throwaway:
+    """A fresh P-256 CA and a server certificate for ``host`` (and
+    ``more_hosts``), valid for a day.
+
+    Both pass OpenSSL's VERIFY_X509_STRICT (the default of Python 3.13's
+    ``ssl.create_default_context``): key identifiers on both, a critical
+    basicConstraints and keyUsage on the CA, keyUsage, extendedKeyUsage and
+    subjectAltName on the leaf.
+    """
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nomyo demo CA (throwaway)")])
+    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "nomyo throwaway CA")])
+    ca_ski = x509.SubjectKeyIdentifier.from_public_key(ca_key.public_key())
     ca_cert = (
         x509.CertificateBuilder()
         .subject_name(ca_name)
@@ -54,12 +69,28 @@ def make_throwaway_tls(host: str = "127.0.0.1") -> Throwaway:
         .not_valid_after(now + datetime.timedelta(days=1))
         .add_extension(x509.BasicConstraints(ca=True, path_length=0), critical=True)
         .add_extension(
-            x509.KeyUsage(False, False, False, False, False, True, True, False, False),
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=True,
+                crl_sign=True,
+                encipher_only=False,
+                decipher_only=False,
+            ),
             critical=True,
+        )
+        .add_extension(ca_ski, critical=False)
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
     leaf_key = ec.generate_private_key(ec.SECP256R1())
+    hosts = (host, *more_hosts)
     leaf = (
         x509.CertificateBuilder()
         .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, host)]))
@@ -68,13 +99,31 @@ def make_throwaway_tls(host: str = "127.0.0.1") -> Throwaway:
         .serial_number(x509.random_serial_number())
         .not_valid_before(now - datetime.timedelta(minutes=5))
         .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(
-            x509.SubjectAlternativeName([x509.IPAddress(ipaddress.ip_address(host))]),
-            critical=False,
-        )
+        .add_extension(x509.SubjectAlternativeName([_san(h) for h in hosts]), critical=False)
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
         .add_extension(
+            x509.KeyUsage(
+                digital_signature=True,
+                content_commitment=False,
+                key_encipherment=False,
+                data_encipherment=False,
+                key_agreement=False,
+                key_cert_sign=False,
+                crl_sign=False,
+                encipher_only=False,
+                decipher_only=False,
+            ),
+            critical=True,
+        )
+        .add_extension(
             x509.ExtendedKeyUsage([x509.oid.ExtendedKeyUsageOID.SERVER_AUTH]), critical=False
+        )
+        .add_extension(
+            x509.SubjectKeyIdentifier.from_public_key(leaf_key.public_key()), critical=False
+        )
+        .add_extension(
+            x509.AuthorityKeyIdentifier.from_issuer_subject_key_identifier(ca_ski),
+            critical=False,
         )
         .sign(ca_key, hashes.SHA256())
     )
@@ -87,6 +136,17 @@ def make_throwaway_tls(host: str = "127.0.0.1") -> Throwaway:
             serialization.NoEncryption(),
         ),
     )
+
+
+def write_tls_files(tls: Throwaway, folder: str | os.PathLike[str]) -> tuple[Path, Path]:
+    """The certificate and its key as files in ``folder`` (the key 0600, never
+    over an existing file), for servers that want paths; returns both paths."""
+    cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
+    cert.write_bytes(tls.cert_pem)
+    fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "wb") as out:
+        out.write(tls.key_pem)
+    return cert, key
 
 
 @contextmanager
@@ -104,11 +164,7 @@ def running_endpoint(
 
     app = create_app(ServerConfig(private_key=router_key, upstream=upstream))
     with tempfile.TemporaryDirectory(prefix="nomyo-demo-") as folder:
-        cert, key = Path(folder, "cert.pem"), Path(folder, "key.pem")
-        cert.write_bytes(tls.cert_pem)
-        fd = os.open(key, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(tls.key_pem)
+        cert, key = write_tls_files(tls, folder)
         config = uvicorn.Config(
             app,
             host="127.0.0.1",
@@ -149,6 +205,7 @@ def run_demo(
     router_key = _keys.generate_private_key()
     pin = _keys.fingerprint(router_key)
     context = ssl.create_default_context(cadata=tls.ca_pem.decode("ascii"))
+    context.verify_flags |= ssl.VERIFY_X509_STRICT  # 3.13's default, on every version
     backend = f"upstream {upstream}" if upstream else "the echo model: it answers with the prompt"
     with running_endpoint(router_key, tls, upstream=upstream) as url:
         say(f"  endpoint: {url} ({backend}), router key {pin}")
@@ -176,7 +233,11 @@ def run_demo(
     say(f"    excluded from core dumps:      {_mark(report.dontdump)}")
     say(f"    wiped in forked children:      {_mark(report.wipeonfork)}")
     say(f"    memfd_secret available:        {_mark(report.memfd_secret)}")
-    shown = "unlimited" if limit is None else f"{limit // 1024} KiB"
+    # the same reading as `nomyo doctor`
+    if lock_budget().cap_ipc_lock:
+        shown = "no limit (CAP_IPC_LOCK)"
+    else:
+        shown = "unlimited" if limit is None else f"{limit // 1024} KiB"
     say(f"    RLIMIT_MEMLOCK:                {shown}")
     say(
         f"  request:      {elapsed * 1e3:.1f} ms the first time (client key pair and "

@@ -19,6 +19,7 @@ import email.utils
 import json
 import logging
 import random
+import socket
 import ssl
 import threading
 import time
@@ -165,10 +166,31 @@ def _connection_error(exc: httpx.HTTPError, url: str, payload_id: str | None) ->
     if isinstance(exc, httpx.TimeoutException):
         phase = "connecting to" if isinstance(exc, httpx.ConnectTimeout) else "waiting for"
         return APITimeoutError(f"timed out {phase} {url}", payload_id=payload_id)
-    reason = type(exc).__name__
+    reason = _unreachable_reason(exc)
     if "CERTIFICATE_VERIFY_FAILED" in str(exc):
         reason = "TLS certificate verification failed"
     return APIConnectionError(f"could not reach {url}: {reason}", payload_id=payload_id)
+
+
+def _unreachable_reason(exc: BaseException) -> str:
+    """Why a connection failed, from the OSError under httpx's exception."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; never loop on a cycle
+        if seen is None:
+            break
+        if isinstance(seen, socket.gaierror):
+            return "DNS lookup of the host name failed"
+        if isinstance(seen, ConnectionRefusedError):
+            return "connection refused (nothing listens on that port)"
+        if isinstance(seen, OSError) and seen.strerror:
+            return seen.strerror[0].lower() + seen.strerror[1:]
+        seen = seen.__cause__ or seen.__context__
+    text = str(exc)
+    if "Connection refused" in text:
+        return "connection refused (nothing listens on that port)"
+    if "Name or service not known" in text or "getaddrinfo" in text:
+        return "DNS lookup of the host name failed"
+    return type(exc).__name__
 
 
 def _status_error(response: httpx.Response, body: bytes, payload_id: str | None) -> APIError:

@@ -63,6 +63,8 @@ log = logging.getLogger("nomyo.proxy")
 RESERVED_FIELDS = ("api_key", "base_url", "security_tier", "self")
 
 VERIFICATION_FAILED = "the router's answer failed verification"
+PIN_MISMATCH = "the router's key does not match the pinned one (--pin): nothing was sent"
+TLS_FAILED = "TLS verification of the router failed (untrusted certificate?): nothing was sent"
 _INTERNAL = "internal error in the nomyo proxy"
 
 
@@ -123,10 +125,16 @@ def failure_for(exc: BaseException) -> _Failure:
     if isinstance(exc, _Failure):
         return exc
     if isinstance(exc, SecurityError):
+        # the client's pin check, before anything is sent; any other
+        # SecurityError stays opaque (no oracle on how an answer failed)
+        if "does not match server_key_fingerprint" in str(exc):
+            return _Failure(502, PIN_MISMATCH, "api_error", "pin_mismatch")
         return _Failure(502, VERIFICATION_FAILED, "api_error", "verification_failed")
     if isinstance(exc, APITimeoutError):
         return _Failure(504, "the router did not answer in time", "api_error", "timeout")
     if isinstance(exc, APIConnectionError):
+        if "TLS certificate verification failed" in str(exc):
+            return _Failure(502, TLS_FAILED, "api_error", "tls_verification_failed")
         return _Failure(502, "could not reach the router", "api_error", "connection_error")
     if isinstance(exc, APIError):
         status = exc.status_code
@@ -344,6 +352,9 @@ def create_proxy_app(
             failure = failure_for(exc)
             if failure.status == 500:
                 log.error("internal error: %s", type(exc).__name__)  # never the message
+            elif isinstance(exc, SecurityError | APIConnectionError):
+                # nomyo's own messages hold no secrets: the operator sees why
+                log.warning("request to the router failed: %s: %s", type(exc).__name__, exc)
             response = failure.response(payload_id)
         _log(request, response.status_code, payload_id)
         return response

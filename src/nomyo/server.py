@@ -56,6 +56,7 @@ from ._constants import (
     SECURITY_TIERS,
     UPSTREAM_CONNECT_TIMEOUT,
     UPSTREAM_READ_TIMEOUT,
+    UPSTREAM_REASON_CHARS,
 )
 from ._constants import SERVE_MAX_BODY_BYTES as MAX_BODY_BYTES
 from ._exceptions import SecurityError
@@ -420,7 +421,13 @@ async def _forward(
         raise _Refused(504, "upstream timed out") from exc
     except httpx.HTTPError as exc:
         raise _Refused(502, "upstream failed") from exc
+    if 400 <= response.status_code < 500 and response.status_code not in (401, 403, 407):
+        # the request's own fault (a missing model, too many tokens): the
+        # client gets that status, which it does not retry, and the reason
+        raise _Refused(response.status_code, _upstream_reason(response, request))
     if response.status_code >= 400:
+        # the upstream failing, or refusing this server's credentials: not the
+        # client's doing
         raise _Refused(502, f"upstream answered {response.status_code}")
     try:
         answer = response.json()
@@ -429,6 +436,29 @@ async def _forward(
     if not isinstance(answer, dict) or not isinstance(answer.get("choices"), list):
         raise _Refused(502, "upstream answer is not a chat completion")
     return answer
+
+
+def _upstream_reason(response: httpx.Response, request: dict[str, Any]) -> str:
+    """``upstream answered 404: <its message>`` from an OpenAI-style
+    (``{"error": {"message": ...}}``), Ollama-style (``{"error": ...}``) or
+    ``{"detail": ...}`` body.  Error answers are not encrypted, so a message
+    that quotes any of the request's text is left out."""
+    reason = f"upstream answered {response.status_code}"
+    try:
+        body = response.json()
+    except ValueError:
+        return reason
+    error = body.get("error", body.get("detail")) if isinstance(body, dict) else None
+    if isinstance(error, dict):
+        error = error.get("message")
+    if not isinstance(error, str) or not error.strip():
+        return reason
+    message = " ".join(error.split())[:UPSTREAM_REASON_CHARS]
+    texts = [_text_of(m.get("content")) for m in request.get("messages", ())]
+    windows = {message[i : i + 12] for i in range(0, max(1, len(message) - 11), 4)}
+    if any(w in text for text in texts if text for w in windows):
+        return reason
+    return f"{reason}: {message}"
 
 
 # ---------------------------------------------------------------- the app
