@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -471,3 +472,48 @@ def test_streaming_response_wrapper(server: Endpoint, make: Callable[..., OpenAI
     create = make(server.url).chat.completions.with_streaming_response.create
     with create(model="echo", messages=PROMPT) as response:
         assert response.parse().choices[0].message.content == MARKER
+
+
+# ---------------------------------------------------------------- no resend (issue 13)
+
+
+def test_a_request_the_router_read_in_full_is_not_sent_again_by_the_sdk(
+    tls: dict[str, Path], fault_key: rsa.RSAPrivateKey, make: Callable[..., OpenAI]
+) -> None:
+    from tests.test_client_resend import DroppingRouter
+
+    dropping = DroppingRouter(tls, fault_key, reset=False)
+    try:
+        client = make(dropping.url, max_retries=3)
+        with pytest.raises(openai.APIConnectionError) as info:
+            client.chat.completions.create(model="echo", messages=PROMPT)
+        assert not isinstance(info.value, openai.APITimeoutError)
+        time.sleep(0.2)  # a resend would have arrived by now
+        assert dropping.posts == 1
+    finally:
+        dropping.stop()
+
+
+def test_a_timeout_after_sending_is_not_retried_by_the_sdk(
+    router: FaultRouter, make: Callable[..., OpenAI]
+) -> None:
+    router.script = [slow(3)] * 3
+    with pytest.raises(openai.APITimeoutError):
+        make(router.url, timeout=0.5, max_retries=2).chat.completions.create(
+            model="echo", messages=PROMPT
+        )
+    time.sleep(0.2)
+    assert len(router.posts) == 1
+
+
+def test_a_refused_connection_is_still_retried_by_the_sdk(
+    router: FaultRouter, make: Callable[..., OpenAI]
+) -> None:
+    # the control: nothing was sent, so the SDK's retry may send it, once
+    client = make(router.url, max_retries=4)
+    client.chat.completions.create(model="echo", messages=PROMPT)  # the router key, cached
+    router.stop()
+    threading.Timer(0.3, router.start).start()
+    answer = client.chat.completions.create(model="echo", messages=PROMPT)
+    assert answer.choices[0].message.content == PROMPT[-1]["content"]
+    assert len(router.posts) == 2

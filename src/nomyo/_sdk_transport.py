@@ -15,8 +15,14 @@ router); ``Authorization: Bearer`` is the router's API key, ``X-Security-Tier``
 the tier.  Failures become what the SDK maps to its own errors::
 
     APIError with a status      that status, OpenAI's error body, Retry-After
-    APITimeoutError             httpx.ReadTimeout    (the SDK: APITimeoutError)
-    APIConnectionError          httpx.ConnectError   (the SDK: APIConnectionError)
+    APIConnectionError or       nothing was sent (connect failed or timed out, no
+    APITimeoutError             pooled connection): httpx.ConnectError or
+                                httpx.ConnectTimeout, which the SDK may retry;
+                                the request may have reached the router (dropped
+                                or timed out after sending): never resent, so
+                                openai.APIConnectionError / APITimeoutError once
+                                the SDK is loaded (it passes those on as they
+                                are), else the nomyo exception itself
     ValueError/TypeError        400, x-should-retry: false (nothing was sent)
     SecurityError               raised; once openai is imported it is also an
                                 openai.OpenAIError, which the SDK (2.45+) neither
@@ -57,7 +63,7 @@ from ._exceptions import (
     RateLimitError,
     SecurityError,
 )
-from ._transport import Verify
+from ._transport import Verify, should_retry
 from .memory import wipe
 
 __all__ = ["AsyncSecureTransport", "SecureTransport"]
@@ -103,6 +109,24 @@ def _security_error(message: str) -> SecurityError:
         cls = type("SecurityError", (SecurityError, base), {"__module__": "nomyo"})
         _SDK_SECURITY[base] = cls
     return cls(message)
+
+
+def _final(exc: APIConnectionError, request: Any) -> Exception:
+    """A failure after the request may have reached the router, as an
+    exception the SDK passes on without retrying: the openai SDK's own
+    connection or timeout error (an ``openai.OpenAIError``) once it is
+    loaded, else nomyo's, which no httpx-based retry loop takes for a
+    transport error."""
+    openai: Any = sys.modules.get("openai")
+    try:
+        final: Exception
+        if isinstance(exc, APITimeoutError):
+            final = openai.APITimeoutError(request=request)
+        else:
+            final = openai.APIConnectionError(message=str(exc), request=request)
+    except (AttributeError, TypeError):  # no openai, or one that builds them otherwise
+        return exc
+    return final
 
 
 def _router(request: Any) -> str:
@@ -238,9 +262,11 @@ def _failure(module: ModuleType, request: Any, exc: BaseException) -> Any:
         return _error_response(
             module, 400, message[:1000], param=param, headers={"x-should-retry": "false"}
         )
-    if isinstance(exc, APITimeoutError):
-        raise module.ReadTimeout(str(exc), request=request) from exc
-    if isinstance(exc, APIConnectionError):
+    if isinstance(exc, APIConnectionError):  # APITimeoutError too
+        if not should_retry(exc):  # the router may have it: no SDK may send it again
+            raise _final(exc, request) from exc
+        if isinstance(exc, APITimeoutError):
+            raise module.ConnectTimeout(str(exc), request=request) from exc
         raise module.ConnectError(str(exc), request=request) from exc
     if isinstance(exc, APIError):
         headers = {"x-payload-id": exc.payload_id} if exc.payload_id else {}
