@@ -44,7 +44,7 @@ import threading
 import urllib.parse
 from collections.abc import AsyncIterator, Iterator, Sequence
 from types import ModuleType
-from typing import Any
+from typing import Any, Generic, TypeVar
 
 import httpx
 
@@ -377,54 +377,13 @@ def _models(module: ModuleType, listing: dict[str, Any]) -> Any:
 # ---------------------------------------------------------------- the transports
 
 
-class _Options:
-    """The nomyo clients' settings, and the ``GET .../models`` listing."""
-
-    def __init__(
-        self,
-        *,
-        models: Sequence[str],
-        allow_http: bool,
-        secure_memory: bool,
-        key_dir: Any,
-        key_password: str | bytes | None,
-        server_key_fingerprint: str | None,
-        timeout: float | httpx.Timeout | None,
-        max_response_bytes: int,
-        verify: Verify,
-        attestation_verifier: AttestationVerifier | None,
-        require_attestation: bool,
-    ) -> None:
-        if isinstance(models, str) or not all(isinstance(m, str) and m for m in models):
-            raise TypeError("models must be a sequence of non-empty strings")
-        names = tuple(dict.fromkeys(models)) or (DEFAULT_MODEL,)
-        self.listing = {
-            "object": "list",
-            "data": [
-                {"id": n, "object": "model", "created": 0, "owned_by": "nomyo"} for n in names
-            ],
-        }
-        self.client_options: dict[str, Any] = dict(
-            allow_http=allow_http,
-            secure_memory=secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_retries=0,  # the SDK's retries are the only ones
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            attestation_verifier=attestation_verifier,
-            require_attestation=require_attestation,
-        )
-
-    def check(self) -> None:
-        """Check the options now rather than at the first request (without
-        making a key pair: a key_dir is read when the first client is made)."""
-        options = dict(self.client_options)
-        del options["key_dir"], options["key_password"]
-        allow_http, secure_memory = options.pop("allow_http"), options.pop("secure_memory")
-        Config.of("https://nomyo.invalid", allow_http, None, secure_memory, **options)
+def _check(client_options: dict[str, Any]) -> None:
+    """Check the options now rather than at the first request (without
+    making a key pair: a key_dir is read when the first client is made)."""
+    options = dict(client_options)
+    del options["key_dir"], options["key_password"]
+    allow_http, secure_memory = options.pop("allow_http"), options.pop("secure_memory")
+    Config.of("https://nomyo.invalid", allow_http, None, secure_memory, **options)
 
 
 _DOC_PARAMS = """
@@ -445,13 +404,68 @@ _DOC_PARAMS = """
 """
 
 
-class SecureTransport(httpx.BaseTransport):
-    """A sync httpx transport that sends chat completions end to end encrypted
-    to the router named by each request's scheme and host.  Works with
-    ``httpx.Client`` and ``httpx2.Client``.  Thread-safe.
+class _Exchange:
+    """One request's I/O-free steps, the same for both transports: refuse what
+    cannot be carried, parse the body, map create()'s failure, wipe the body,
+    build the response.  Only the create() call (and its await) is the
+    transport's own, inside ``with exchange:`` (as httpx's two transports
+    share one exception-mapping context manager)::
+
+        exchange = _Exchange(request, listing, asynchronous)
+        with exchange:
+            if exchange.chat:
+                body = exchange.parse()
+                exchange.answer = <client>.create(**body)
+        return exchange.response()
     """
 
-    __doc__ = (__doc__ or "") + _DOC_PARAMS
+    def __init__(self, request: Any, listing: dict[str, Any], asynchronous: bool) -> None:
+        self.module = _module(request)
+        self.chat = _kind(request) == "chat"  # SecurityError: nothing is sent
+        self._request = request
+        self._listing = listing
+        self._asynchronous = asynchronous
+        self._body: Any = None
+        self._stream = self._include_usage = False
+        self._failed: Any = None
+        self.answer: dict[str, Any] | None = None
+
+    def parse(self) -> dict[str, Any]:
+        """create()'s keyword arguments (wiped when the block ends)."""
+        body, self._stream, self._include_usage = _parse(self._request)
+        self._body = body
+        return body
+
+    def __enter__(self) -> _Exchange:
+        return self
+
+    def __exit__(self, exc_type: Any, exc: BaseException | None, tb: Any) -> bool:
+        try:
+            if isinstance(exc, _Refused | ValueError | TypeError | APIError):
+                self._failed = _failure(self.module, self._request, exc)
+                return True
+            if isinstance(exc, SecurityError):  # e.g. the pin: never retried by the SDK
+                raise _security_error(str(exc)) from exc
+            return False
+        finally:
+            wipe(self._body)
+
+    def response(self) -> Any:
+        if self._failed is not None:
+            return self._failed
+        if self.answer is None:  # GET .../models
+            return _models(self.module, self._listing)
+        return _success(
+            self.module, self.answer, self._stream, self._include_usage, self._asynchronous
+        )
+
+
+_C = TypeVar("_C", SyncSecureChatCompletion, SecureChatCompletion)
+
+
+class _Transport(Generic[_C]):
+    """What both transports share: the settings, checked when made, and one
+    nomyo client per router (made by :meth:`_client`)."""
 
     def __init__(
         self,
@@ -468,25 +482,52 @@ class SecureTransport(httpx.BaseTransport):
         attestation_verifier: AttestationVerifier | None = None,
         require_attestation: bool = False,
     ) -> None:
-        self._options = _Options(
-            models=models,
+        if isinstance(models, str) or not all(isinstance(m, str) and m for m in models):
+            raise TypeError("models must be a sequence of non-empty strings")
+        names = tuple(dict.fromkeys(models)) or (DEFAULT_MODEL,)
+        #: what ``GET .../models`` answers
+        self._listing = {
+            "object": "list",
+            "data": [
+                {"id": n, "object": "model", "created": 0, "owned_by": "nomyo"} for n in names
+            ],
+        }
+        #: each router's nomyo client's options
+        self._client_options: dict[str, Any] = dict(
             allow_http=allow_http,
             secure_memory=secure_memory,
             key_dir=key_dir,
             key_password=key_password,
             server_key_fingerprint=server_key_fingerprint,
             timeout=timeout,
+            max_retries=0,  # the SDK's retries are the only ones
             max_response_bytes=max_response_bytes,
             verify=verify,
             attestation_verifier=attestation_verifier,
             require_attestation=require_attestation,
         )
-        self._options.check()
-        self._clients: dict[str, SyncSecureChatCompletion] = {}
-        self._lock = threading.Lock()
+        _check(self._client_options)
+        self._clients: dict[str, _C] = {}
+        self._lock = threading.Lock()  # the sync transport's (async: no await between)
 
     def __repr__(self) -> str:
-        return f"<SecureTransport routers={sorted(self._clients)}>"
+        return f"<{type(self).__name__} routers={sorted(self._clients)}>"
+
+    _asynchronous: bool  # the response's stream type
+
+    def _exchange(self, request: Any) -> _Exchange:
+        return _Exchange(request, self._listing, self._asynchronous)
+
+
+class SecureTransport(_Transport[SyncSecureChatCompletion], httpx.BaseTransport):
+    """A sync httpx transport that sends chat completions end to end encrypted
+    to the router named by each request's scheme and host.  Works with
+    ``httpx.Client`` and ``httpx2.Client``.  Thread-safe.
+    """
+
+    __doc__ = (__doc__ or "") + _DOC_PARAMS
+
+    _asynchronous = False
 
     def _client(self, router: str) -> SyncSecureChatCompletion:
         client = self._clients.get(router)
@@ -494,25 +535,17 @@ class SecureTransport(httpx.BaseTransport):
             with self._lock:
                 client = self._clients.get(router)
                 if client is None:
-                    client = SyncSecureChatCompletion(router, **self._options.client_options)
+                    client = SyncSecureChatCompletion(router, **self._client_options)
                     self._clients[router] = client
         return client
 
     def handle_request(self, request: Any) -> Any:
-        module = _module(request)
-        if _kind(request) == "models":
-            return _models(module, self._options.listing)
-        body: Any = None
-        try:
-            body, stream, include_usage = _parse(request)
-            answer = self._client(_router(request)).create(**body)
-        except (_Refused, ValueError, TypeError, APIError) as exc:
-            return _failure(module, request, exc)
-        except SecurityError as exc:  # e.g. the pin: never retried by the SDK
-            raise _security_error(str(exc)) from exc
-        finally:
-            wipe(body)
-        return _success(module, answer, stream, include_usage, False)
+        exchange = self._exchange(request)
+        with exchange:
+            if exchange.chat:
+                body = exchange.parse()
+                exchange.answer = self._client(_router(request)).create(**body)
+        return exchange.response()
 
     def close(self) -> None:
         with self._lock:
@@ -521,68 +554,26 @@ class SecureTransport(httpx.BaseTransport):
             client.close()
 
 
-class AsyncSecureTransport(httpx.AsyncBaseTransport):
+class AsyncSecureTransport(_Transport[SecureChatCompletion], httpx.AsyncBaseTransport):
     """:class:`SecureTransport` for ``httpx.AsyncClient`` / ``httpx2.AsyncClient``."""
 
     __doc__ = (__doc__ or "") + _DOC_PARAMS
 
-    def __init__(
-        self,
-        *,
-        server_key_fingerprint: str | None = None,
-        verify: Verify = True,
-        secure_memory: bool = True,
-        allow_http: bool = False,
-        key_dir: Any = None,
-        key_password: str | bytes | None = None,
-        timeout: float | httpx.Timeout | None = DEFAULT_TIMEOUT,
-        max_response_bytes: int = DEFAULT_MAX_RESPONSE_BYTES,
-        models: Sequence[str] = (),
-        attestation_verifier: AttestationVerifier | None = None,
-        require_attestation: bool = False,
-    ) -> None:
-        self._options = _Options(
-            models=models,
-            allow_http=allow_http,
-            secure_memory=secure_memory,
-            key_dir=key_dir,
-            key_password=key_password,
-            server_key_fingerprint=server_key_fingerprint,
-            timeout=timeout,
-            max_response_bytes=max_response_bytes,
-            verify=verify,
-            attestation_verifier=attestation_verifier,
-            require_attestation=require_attestation,
-        )
-        self._options.check()
-        self._clients: dict[str, SecureChatCompletion] = {}
-
-    def __repr__(self) -> str:
-        return f"<AsyncSecureTransport routers={sorted(self._clients)}>"
+    _asynchronous = True
 
     def _client(self, router: str) -> SecureChatCompletion:
         client = self._clients.get(router)
         if client is None:  # no await in between: one client per router
-            client = self._clients[router] = SecureChatCompletion(
-                router, **self._options.client_options
-            )
+            client = self._clients[router] = SecureChatCompletion(router, **self._client_options)
         return client
 
     async def handle_async_request(self, request: Any) -> Any:
-        module = _module(request)
-        if _kind(request) == "models":
-            return _models(module, self._options.listing)
-        body: Any = None
-        try:
-            body, stream, include_usage = _parse(request)
-            answer = await self._client(_router(request)).create(**body)
-        except (_Refused, ValueError, TypeError, APIError) as exc:
-            return _failure(module, request, exc)
-        except SecurityError as exc:  # e.g. the pin: never retried by the SDK
-            raise _security_error(str(exc)) from exc
-        finally:
-            wipe(body)
-        return _success(module, answer, stream, include_usage, True)
+        exchange = self._exchange(request)
+        with exchange:
+            if exchange.chat:
+                body = exchange.parse()
+                exchange.answer = await self._client(_router(request)).create(**body)
+        return exchange.response()
 
     async def aclose(self) -> None:
         clients, self._clients = list(self._clients.values()), {}
