@@ -160,7 +160,7 @@ matrix:
 	  echo "make matrix: CPython $$full ($$kind) in $$venv"; \
 	  started=$$(date +%s); \
 	  { [ -x $$venv/bin/python ] || { $$python -m venv $$venv && $$venv/bin/python -m pip install --quiet --upgrade pip; }; } && \
-	  NOMYO_REQUIRE_EXTENSION=1 $$venv/bin/python -m pip install --quiet -e '.[test]' > $$log 2>&1 && \
+	  NOMYO_REQUIRE_EXTENSION=1 NOMYO_TEST_HOOKS=1 $$venv/bin/python -m pip install --quiet -e '.[test]' > $$log 2>&1 && \
 	  $$venv/bin/python -m pytest -q -p no:cacheprovider $$tests >> $$log 2>&1; \
 	  status=$$?; result=$$(tail -n 1 $$log); \
 	  [ $$status = 0 ] || { failed="$$failed $$full"; tail -n 30 $$log; }; \
