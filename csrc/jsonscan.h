@@ -23,6 +23,21 @@ static inline uint64_t nomyo_special8(uint64_t w)
 
 #define NOMYO_PLAIN(c) ((c) >= 0x20 && (c) < 0x80 && (c) != '"' && (c) != '\\')
 
+/* the plain run of p[i..n), 8 bytes at a time, then byte by byte */
+static inline size_t nomyo_plain_tail(const unsigned char *p, size_t n, size_t i)
+{
+    uint64_t w;
+    while (i + 8 <= n) {
+        memcpy(&w, p + i, 8);
+        if (nomyo_special8(w))
+            break;
+        i += 8;
+    }
+    while (i < n && NOMYO_PLAIN(p[i]))
+        i++;
+    return i;
+}
+
 #if defined(__SSE2__)
 #include <emmintrin.h>
 
@@ -31,7 +46,6 @@ static inline uint64_t nomyo_special8(uint64_t w)
 static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
 {
     size_t i = 0;
-    uint64_t w;
     const __m128i space = _mm_set1_epi8(0x20);
     const __m128i quote = _mm_set1_epi8('"');
     const __m128i slash = _mm_set1_epi8('\\');
@@ -44,30 +58,12 @@ static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
             return i + (size_t)__builtin_ctz((unsigned)mask);
         i += 16;
     }
-    while (i + 8 <= n) {
-        memcpy(&w, p + i, 8);
-        if (nomyo_special8(w))
-            break;
-        i += 8;
-    }
-    while (i < n && NOMYO_PLAIN(p[i]))
-        i++;
-    return i;
+    return nomyo_plain_tail(p, n, i);
 }
 #else
 static inline size_t nomyo_plain_run(const unsigned char *p, size_t n)
 {
-    size_t i = 0;
-    uint64_t w;
-    while (i + 8 <= n) {
-        memcpy(&w, p + i, 8);
-        if (nomyo_special8(w))
-            break;
-        i += 8;
-    }
-    while (i < n && NOMYO_PLAIN(p[i]))
-        i++;
-    return i;
+    return nomyo_plain_tail(p, n, 0);
 }
 #endif
 

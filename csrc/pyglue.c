@@ -386,6 +386,23 @@ static PyObject *py_refcount(PyObject *module, PyObject *args)
     return PyLong_FromSsize_t(Py_REFCNT(op));
 }
 
+/* the decoded bytearray cut to its length, or NULL (out released) when the
+ * text was not strict base64: the end both decoders share */
+static PyObject *b64_finish(PyObject *out, long long written)
+{
+    if (written < 0) {
+        Py_DECREF(out);
+        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
+        return NULL;
+    }
+    /* shrinking keeps the allocation, so spare bytes can be appended in place */
+    if (PyByteArray_Resize(out, (Py_ssize_t)written) != 0) {
+        Py_DECREF(out);
+        return NULL;
+    }
+    return out;
+}
+
 /* b64decode_str(text, reserve) -> bytearray: strict base64 read straight out
  * of an ASCII str (no encoded copy of a multi-megabyte field), into a
  * bytearray with `reserve` bytes of spare capacity (room for a GCM tag). */
@@ -409,17 +426,7 @@ static PyObject *py_b64decode_str(PyObject *module, PyObject *args)
     written = nomyo_b64_decode((const char *)PyUnicode_DATA(text), (size_t)n,
                                (unsigned char *)PyByteArray_AS_STRING(out));
     Py_END_ALLOW_THREADS
-    if (written < 0) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
-        return NULL;
-    }
-    /* shrinking keeps the allocation, so `reserve` bytes can be appended in place */
-    if (PyByteArray_Resize(out, (Py_ssize_t)written) != 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    return b64_finish(out, written); /* `reserve` bytes stay spare */
 }
 
 /* pack(pieces) -> bytes: pieces are bytes (copied as they are) or 1-tuples
@@ -523,16 +530,7 @@ static PyObject *py_b64decode(PyObject *module, PyObject *source)
         Py_END_ALLOW_THREADS
     }
     PyBuffer_Release(&in);
-    if (written < 0) {
-        Py_DECREF(out);
-        PyErr_SetString(PyExc_ValueError, "not strict standard base64");
-        return NULL;
-    }
-    if (PyByteArray_Resize(out, (Py_ssize_t)written) != 0) {
-        Py_DECREF(out);
-        return NULL;
-    }
-    return out;
+    return b64_finish(out, written);
 }
 
 static PyObject *py_scrub_stack(PyObject *module, PyObject *unused)
