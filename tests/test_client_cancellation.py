@@ -290,16 +290,34 @@ def test_random_timeouts_leave_the_sync_client_whole(
     assert done == len(fractions) * 8 * (CANCELLED // len(fractions) // 8), "a worker failed"
     for client in clients:
         assert held(pools(client))[:2] == (0, 0)
-    # the same clients answer again (the tightest timeouts may need a few tries)
-    for client in clients:
-        for _ in range(100):
+    # the same clients answer again. A timeout that lands before the answer
+    # is read drops the connection, so the next try connects again: a client
+    # whose timeout is shorter than a new connection plus a call answers
+    # only when a timeout happens to land after the read (CI once saw none
+    # in 100 tries at 0.25 x 13 ms; a fresh client does no better). So a
+    # cold call is measured here (a new client: key fetch, TLS, the call;
+    # more than a used client needs), and every client with room for one
+    # and a quarter must answer; the others may only time out, never fail
+    # otherwise.
+    cold = []
+    for _ in range(5):
+        with nomyo.SyncSecureChatCompletion(server.url, **options) as fresh:
+            start = time.monotonic()
+            assert content(fresh.create("echo", messages("cold"))) == "cold"
+            cold.append(time.monotonic() - start)
+    room = 1.25 * statistics.median(cold)
+    judged = [fraction for fraction in fractions if fraction * duration > room]
+    print(f"cold call {statistics.median(cold) * 1000:.0f} ms: judged {judged}")
+    assert len(judged) >= 2, "this machine is too loaded to judge: no timeout leaves room"
+    for fraction, client in zip(fractions, clients, strict=True):
+        for _ in range(100 if fraction in judged else 10):
             try:
                 assert content(client.create("echo", messages("again"))) == "again"
                 break
             except nomyo.APITimeoutError:
                 continue
         else:
-            raise AssertionError("a client never answered again")
+            assert fraction not in judged, f"a client ({fraction} x) never answered again"
     idle = sum(held(pools(client))[2] for client in clients)
     assert open_fds() - baseline == idle, "a socket beyond the pooled idle connections"
     for client in clients:
