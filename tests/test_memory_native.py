@@ -93,6 +93,16 @@ def test_memory_stays_mapped_until_the_last_view_goes(native) -> None:  # type: 
     assert buf._exports == 0  # type: ignore[attr-defined]
 
 
+# The children below only read memory, write to a pipe and _exit: they take
+# no lock another thread may have held at fork (the allocator's own locks are
+# re-made in the child by its pthread_atfork handler), so 3.12's warning
+# about forking a multi-threaded process does not apply to them.
+FORK_IS_SAFE_HERE = pytest.mark.filterwarnings(
+    "ignore:This process .* is multi-threaded:DeprecationWarning"
+)
+
+
+@FORK_IS_SAFE_HERE
 def test_child_after_fork_reads_zeros() -> None:
     buf = SecureBuffer(len(SECRET))
     memoryview(buf)[:] = SECRET
@@ -141,6 +151,7 @@ def test_secret_memory_is_out_of_reach_of_proc_mem() -> None:
 
 # the forked child's SIGSEGV would be an ASan report (exit 1) in make sanitize
 @pytest.mark.segfaults_on_purpose
+@FORK_IS_SAFE_HERE
 def test_secret_memory_is_not_mapped_in_a_child() -> None:
     buf = SecureBuffer(16, secret_memory=True)
     memoryview(buf)[:] = b"x" * 16
