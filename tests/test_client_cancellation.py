@@ -329,9 +329,30 @@ def test_random_timeouts_leave_the_sync_client_whole(
 # ---------------------------------------------------------------- the key pair
 
 
+@pytest.fixture
+def held_keygen(monkeypatch: pytest.MonkeyPatch) -> Iterator[threading.Event]:
+    """The key thread waits for the returned event before it makes the pair:
+    a 4096-bit pair takes anywhere from ~30 ms to seconds, so a test that
+    needs the race (a call timing out while the pair is still being made)
+    holds the thread rather than hoping it is slow (CI once saw the pair
+    ready within a 50 ms timeout). Released at teardown in any case."""
+    release = threading.Event()
+    real = _keys.generate_private_key
+
+    def generate(*args: Any, **kwargs: Any) -> Any:
+        assert release.wait(120), "the test never let the key thread go on"
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(_keys, "generate_private_key", generate)
+    try:
+        yield release
+    finally:
+        release.set()
+
+
 @pytest.mark.parametrize("how", ["one loop", "asyncio.run per call"])
 def test_a_timeout_while_the_key_pair_is_made_does_not_poison_the_client(
-    server: Endpoint, noise: Noise, how: str
+    server: Endpoint, noise: Noise, how: str, held_keygen: threading.Event
 ) -> None:
     # issue 13: the first call timed out while the key thread was still at
     # work, which cancelled the shared key future: the thread died with
@@ -346,6 +367,7 @@ def test_a_timeout_while_the_key_pair_is_made_does_not_poison_the_client(
                 await client.create("echo", messages("first"))
         assert not future.cancelled(), "the timeout cancelled the shared key pair"
         assert not future.done(), "the key pair was ready: the race was not run"
+        held_keygen.set()  # now the thread may finish, after the timeout
 
     async def later() -> str:
         asyncio.get_running_loop().set_exception_handler(noise.loop)
@@ -367,7 +389,7 @@ def test_a_timeout_while_the_key_pair_is_made_does_not_poison_the_client(
 
 
 def test_a_sync_call_waits_for_the_key_pair_no_longer_than_its_timeout(
-    server: Endpoint, noise: Noise
+    server: Endpoint, noise: Noise, held_keygen: threading.Event
 ) -> None:
     client = nomyo.SyncSecureChatCompletion(
         server.url, api_key=API_KEY, verify=str(server.ca), timeout=0.05
@@ -376,6 +398,8 @@ def test_a_sync_call_waits_for_the_key_pair_no_longer_than_its_timeout(
     with pytest.raises(nomyo.APITimeoutError, match="key pair"):
         client.create("echo", messages("first"))
     assert time.monotonic() - start < 1.0
+    assert not client._core.keys._future.done()
+    held_keygen.set()
     client._core.keys._future.result(timeout=120)
     client.close()
 
