@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
-from hypothesis import settings
+from hypothesis import HealthCheck, settings
 
 from nomyo import _keys
 from nomyo.memory import BACKEND
@@ -33,9 +33,11 @@ from tests.servers import (
 
 ROOT = Path(__file__).resolve().parents[1]
 
-# no per-example deadline anywhere (explicit @settings inherit this): how long
-# one example takes depends on the machine's load, not on the code under test
-settings.register_profile("nomyo", deadline=None)
+# no per-example deadline and no "too slow" health check anywhere (explicit
+# @settings inherit these; a test's own suppress_health_check list replaces
+# the profile's, so those lists name too_slow again): how long one example
+# takes depends on the machine's load, not on the code under test
+settings.register_profile("nomyo", deadline=None, suppress_health_check=[HealthCheck.too_slow])
 settings.load_profile("nomyo")
 UNPRIVILEGED_UID = 65534
 

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
+import socket
 import threading
 import time
 import uuid
@@ -220,6 +222,9 @@ class FaultRouter:
             ssl_keyfile=str(self.tls["key"]),
             log_level="warning",
             lifespan="off",
+            # the tests count connections: a loaded machine's pause between
+            # two calls must not let uvicorn's 5 s default close one
+            timeout_keep_alive=60,
         )
         self._server = uvicorn.Server(config)
         self._thread = threading.Thread(target=self._server.run, daemon=True)
@@ -253,3 +258,16 @@ class FaultRouter:
             except (RuntimeError, OSError, SystemExit):
                 time.sleep(0.1)
         raise RuntimeError(f"could not restart on port {self.port}")
+
+
+def stop_listening(listener: socket.socket, acceptor: threading.Thread) -> None:
+    """Close ``listener`` and wait for the thread blocked in its ``accept()``.
+    A close alone leaves that thread in ``accept()`` on the fd number, which a
+    later test's listener may get: a paused process (SIGSTOP) was seen to
+    hand the next test's connections to the old router. ``shutdown`` wakes
+    the ``accept()`` first."""
+    with contextlib.suppress(OSError):
+        listener.shutdown(socket.SHUT_RDWR)
+    listener.close()
+    acceptor.join(10)
+    assert not acceptor.is_alive(), "the accept thread did not end"

@@ -238,6 +238,7 @@ def test_random_timeouts_leave_the_sync_client_whole(
     # a sync call is never cancelled, it times out: at 0.25 .. 1.5 x the
     # median call under the same load (8 threads on one client), the cut
     # lands in every phase of a call
+    gc.collect()  # sockets an earlier test left to the collector
     baseline = open_fds()
     options: dict[str, Any] = dict(
         api_key=API_KEY, verify=str(server.ca), key_dir=key_dir, max_retries=0
@@ -290,34 +291,25 @@ def test_random_timeouts_leave_the_sync_client_whole(
     assert done == len(fractions) * 8 * (CANCELLED // len(fractions) // 8), "a worker failed"
     for client in clients:
         assert held(pools(client))[:2] == (0, 0)
-    # the same clients answer again. A timeout that lands before the answer
-    # is read drops the connection, so the next try connects again: a client
-    # whose timeout is shorter than a new connection plus a call answers
-    # only when a timeout happens to land after the read (CI once saw none
-    # in 100 tries at 0.25 x 13 ms; a fresh client does no better). So a
-    # cold call is measured here (a new client: key fetch, TLS, the call;
-    # more than a used client needs), and every client with room for one
-    # and a quarter must answer; the others may only time out, never fail
-    # otherwise.
-    cold = []
-    for _ in range(5):
-        with nomyo.SyncSecureChatCompletion(server.url, **options) as fresh:
-            start = time.monotonic()
-            assert content(fresh.create("echo", messages("cold"))) == "cold"
-            cold.append(time.monotonic() - start)
-    room = 1.25 * statistics.median(cold)
-    judged = [fraction for fraction in fractions if fraction * duration > room]
-    print(f"cold call {statistics.median(cold) * 1000:.0f} ms: judged {judged}")
-    assert len(judged) >= 2, "this machine is too loaded to judge: no timeout leaves room"
+    # the same clients answer again. How soon a client with a tight timeout
+    # answers depends on the machine's load, not on the client: a timeout
+    # that lands before the answer is read drops the connection, so the next
+    # try connects again (CI once saw 0.25 x 13 ms never answer in 100 tries;
+    # under heavier load a fresh client's cold call outgrew the loaded median
+    # in 8 of 13 runs). So each client first tries a few times with its own
+    # timeout, where it may only answer or time out; then its timeout is
+    # raised in place (the same pools, key pair, router key and replay
+    # memory) and it must answer: whatever the timeouts left behind in them
+    # would fail here.
     for fraction, client in zip(fractions, clients, strict=True):
-        for _ in range(100 if fraction in judged else 10):
+        for _ in range(5):
             try:
                 assert content(client.create("echo", messages("again"))) == "again"
                 break
             except nomyo.APITimeoutError:
                 continue
-        else:
-            assert fraction not in judged, f"a client ({fraction} x) never answered again"
+        client._core.config = client._core.config.changed(timeout=30)
+        assert content(client.create("echo", messages("at last"))) == "at last", fraction
     idle = sum(held(pools(client))[2] for client in clients)
     assert open_fds() - baseline == idle, "a socket beyond the pooled idle connections"
     for client in clients:

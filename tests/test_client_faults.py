@@ -452,7 +452,9 @@ def test_retry_after_seconds_is_waited(api: Api, sleeps: Callable[..., list[floa
     elapsed = time.monotonic() - started
 
     assert slept == [1.0]
-    assert 0.9 <= elapsed < 2.0
+    # waited for real; what it waited is the line above (the rest is two
+    # calls, which a loaded machine may slow)
+    assert 0.9 <= elapsed < 4.0
     assert len(api.router.posts) == 2
 
 
@@ -505,14 +507,16 @@ def test_a_slow_router_times_out(api: Api) -> None:
 
     # the router answers after 3 s: anything under that is the timeout, with
     # room for a loaded machine (one retry would show in the posts below)
-    assert elapsed < 2.5
+    assert elapsed < 2.9
     assert len(api.router.posts) == 1  # waiting for an answer is not retried
     assert caught.value.payload_id == post_ids(api.router)[0]
 
 
 def test_a_slow_answer_within_the_timeout_succeeds(api: Api) -> None:
-    api.router.script = [slow(0.3)]
-    assert content(api.create(api.client(timeout=1.0), "patience")) == "patience"
+    # the timeout is for the whole call, the first one's TLS and key fetch
+    # included: room for those on a loaded machine, and for the 1 s wait
+    api.router.script = [slow(1.0)]
+    assert content(api.create(api.client(timeout=5.0), "patience")) == "patience"
 
 
 def test_an_answer_over_max_response_bytes_is_refused_early(api: Api) -> None:

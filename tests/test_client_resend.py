@@ -26,7 +26,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 
 import nomyo
 from nomyo import _keys
-from tests.faults import FaultRouter
+from tests.faults import FaultRouter, stop_listening
 from tests.test_client_hostile_answers import key_dir
 
 __all__ = ["key_dir"]
@@ -45,7 +45,8 @@ class DroppingRouter:
         self.listener = socket.create_server(("127.0.0.1", 0))
         self.port = self.listener.getsockname()[1]
         self.stopped = False
-        threading.Thread(target=self._serve, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._serve, daemon=True)
+        self._acceptor.start()
 
     @property
     def url(self) -> str:
@@ -104,7 +105,7 @@ class DroppingRouter:
 
     def stop(self) -> None:
         self.stopped = True
-        self.listener.close()
+        stop_listening(self.listener, self._acceptor)
 
 
 @pytest.fixture(params=["close", "reset"])

@@ -29,6 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 import nomyo
 from nomyo import _hybrid, _keys
 from nomyo.server import echo_completion
+from tests.faults import stop_listening
 from tests.test_client_faults import MODEL, content, messages
 from tests.test_client_hostile_answers import PROMPT, attempt, key_dir
 
@@ -60,10 +61,11 @@ class StallingRouter:
         self._tls.load_cert_chain(str(tls["cert"]), str(tls["key"]))
         self._listener = socket.create_server(("127.0.0.1", 0))
         self.url = f"https://127.0.0.1:{self._listener.getsockname()[1]}"
-        threading.Thread(target=self._accept, daemon=True).start()
+        self._acceptor = threading.Thread(target=self._accept, daemon=True)
+        self._acceptor.start()
 
     def close(self) -> None:
-        self._listener.close()
+        stop_listening(self._listener, self._acceptor)
 
     def _accept(self) -> None:
         while True:

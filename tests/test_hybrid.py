@@ -86,7 +86,9 @@ json_values = st.recursive(
 
 
 @settings(
-    max_examples=150, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=150,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(json_values)
 def test_open_of_seal_is_identity(client_key: rsa.RSAPrivateKey, value: Any) -> None:
@@ -123,7 +125,9 @@ TAMPERS = {
 
 
 @settings(
-    max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=300,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(field=st.sampled_from(sorted(TAMPERS)), bit=st.integers(min_value=0, max_value=8 * 4096))
 def test_every_single_field_tamper_is_refused(
@@ -139,7 +143,9 @@ def test_every_single_field_tamper_is_refused(
 
 
 @settings(
-    max_examples=200, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=200,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(st.data())
 def test_every_truncation_is_refused(client_key: rsa.RSAPrivateKey, data: st.DataObject) -> None:

@@ -31,6 +31,7 @@ import os
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -188,6 +189,20 @@ class Needles:
     def counts(self) -> tuple[int, int, int]:
         return len(self.keys), len(self.prompts), len(self.ids)
 
+    def counts_once(
+        self, expected: tuple[int, int, int], seconds: float = 30.0
+    ) -> tuple[int, int, int]:
+        """The counts once ``expected`` is reached or ``seconds`` pass: the
+        pipe is read by a thread of ours, which may still be behind the
+        child's "scan" line on the other pipe."""
+        deadline = time.monotonic() + seconds
+        while (
+            any(n < e for n, e in zip(self.counts(), expected, strict=True))
+            and time.monotonic() < deadline
+        ):
+            time.sleep(0.01)
+        return self.counts()
+
 
 def _scan(pid: int, needles: Needles) -> memscan.Scan:
     return memscan.scan(pid, list(needles.keys), [*needles.prompts, *needles.ids])
@@ -228,7 +243,8 @@ def test_no_key_prompt_or_answer_left_after_200_requests(
     try:
         line = child.stdout.readline().strip()
         assert line == "scan", (tmp_path / "child.log").read_text()[-3000:]
-        assert needles.counts() == (2 * REQUESTS, REQUESTS, REQUESTS)
+        expected = (2 * REQUESTS, REQUESTS, REQUESTS)
+        assert needles.counts_once(expected) == expected
         assert len(set(needles.keys)) == 2 * REQUESTS  # a fresh key each way, each time
         clean = _scan(child.pid, needles)
         before = needles.counts()
@@ -236,7 +252,8 @@ def test_no_key_prompt_or_answer_left_after_200_requests(
         child.stdin.write("plant\n")
         child.stdin.flush()
         assert child.stdout.readline().strip() == "scan"
-        assert needles.counts() == (before[0] + 2, before[1] + 1, before[2] + 1)
+        expected = (before[0] + 2, before[1] + 1, before[2] + 1)
+        assert needles.counts_once(expected) == expected
         control = _scan(child.pid, needles)
         child.stdin.write("end\n")
         child.stdin.flush()

@@ -457,10 +457,14 @@ def test_async_pin_and_errors(
                 await pinned.chat.completions.create(model="echo", messages=PROMPT)
         assert recorder.seen == [("GET", "/pki/public_key")]
         recorder.script = [status(429, retry_after="2"), slow(5)]
-        async with AsyncOpenAI(max_retries=0, timeout=0.5, **options) as client:
+        # the 429 on a client with time to spare (a first call does TLS and
+        # the key fetch before it sends); the timeout on one whose 1.5 s
+        # leave room to send but not to wait out the 5 s answer
+        async with AsyncOpenAI(max_retries=0, timeout=30, **options) as client:
             with pytest.raises(openai.RateLimitError) as caught:
                 await client.chat.completions.create(model="echo", messages=PROMPT)
             assert caught.value.response.headers["retry-after"] == "2"
+        async with AsyncOpenAI(max_retries=0, timeout=1.5, **options) as client:
             with pytest.raises(openai.APITimeoutError):
                 await client.chat.completions.create(model="echo", messages=PROMPT)
 
@@ -497,9 +501,11 @@ def test_a_request_the_router_read_in_full_is_not_sent_again_by_the_sdk(
 def test_a_timeout_after_sending_is_not_retried_by_the_sdk(
     router: FaultRouter, make: Callable[..., OpenAI]
 ) -> None:
-    router.script = [slow(3)] * 3
+    # 1.5 s to connect, fetch the key and send (the post must arrive whole);
+    # the answer would come after 4 s
+    router.script = [slow(4)] * 3
     with pytest.raises(openai.APITimeoutError):
-        make(router.url, timeout=0.5, max_retries=2).chat.completions.create(
+        make(router.url, timeout=1.5, max_retries=2).chat.completions.create(
             model="echo", messages=PROMPT
         )
     time.sleep(0.2)

@@ -240,7 +240,9 @@ def test_unknown_paths_and_methods_answer_json(server: Endpoint) -> None:
 
 
 @settings(
-    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=60,
+    deadline=None,
+    suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow],
 )
 @given(body=st.binary(max_size=2048) | st.text(max_size=512).map(str.encode))
 def test_hostile_bodies_never_cause_a_500(

@@ -15,10 +15,11 @@ import threading
 import time
 import urllib.parse
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -27,6 +28,8 @@ from nomyo import SecurityError, _keys
 from nomyo._constants import COMPLETION_PATH, MAX_API_KEY_FILE_BYTES
 from nomyo.server import MAX_BODY_BYTES, ServerConfig, read_api_key_file
 from tests.servers import Endpoint, post, start_server, stop
+
+T = TypeVar("T")
 
 MIB = 1024 * 1024
 #: the issue's figures: 12 uploads stalled 1 KiB before the end of a 13 MiB body
@@ -144,6 +147,17 @@ def wait_dropped(upload: Upload, deadline: float) -> None:
 def close_all(uploads: list[Upload]) -> None:
     for upload in uploads:
         upload.sock.close()
+
+
+def eventually(ask: Callable[[], T], good: Callable[[T], bool], seconds: float = 15.0) -> T:
+    """``ask()`` again every 50 ms until ``good`` says yes or ``seconds``
+    pass; the last answer either way (the caller asserts on it)."""
+    deadline = time.monotonic() + seconds
+    answer = ask()
+    while not good(answer) and time.monotonic() < deadline:
+        time.sleep(0.05)
+        answer = ask()
+    return answer
 
 
 def serves(endpoint: Endpoint, client_key: rsa.RSAPrivateKey) -> bool:
@@ -275,17 +289,22 @@ def test_requests_over_the_cap_get_503_with_retry_after(
             time.sleep(0.3)
             assert serves(endpoint, client_key)  # the control: 2 + 1 is within the cap
             parked += park(endpoint, client_key, 1, 4096, 100)
+            # the server sees the third upload soon, not at a set time: give
+            # it a moment (a GET in flight then would hold a slot of its own),
+            # then ask until it is busy (a server without the cap never is)
             time.sleep(0.3)
             with endpoint.client() as http:
-                busy = http.get("/pki/public_key")
+                busy = eventually(
+                    lambda: http.get("/pki/public_key"), lambda r: r.status_code == 503
+                )
             assert busy.status_code == 503, busy.text
             assert busy.headers["retry-after"] == "1"
             assert busy.json() == {"detail": "server busy, retry later"}
             assert post(endpoint, client_key, Authorization=None).status_code == 503
         finally:
             close_all(parked)
-        time.sleep(0.5)
-        assert serves(endpoint, client_key)  # the slots come back
+        # the slots come back (a server that leaks them stays busy)
+        assert eventually(lambda: serves(endpoint, client_key), bool)
         assert "internal error" not in endpoint.logs()
 
 
