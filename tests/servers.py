@@ -51,6 +51,17 @@ class Endpoint:
     def logs(self) -> str:
         return self.log.read_text(errors="replace") + "".join(self.stdout)
 
+    def logs_with(self, *texts: str, seconds: float = 10.0) -> str:
+        """The logs once every one of ``texts`` is in them (the server is
+        another process: its lines land when they land), or once ``seconds``
+        pass; the caller asserts on what it needs."""
+        deadline = time.monotonic() + seconds
+        logs = self.logs()
+        while not all(text in logs for text in texts) and time.monotonic() < deadline:
+            time.sleep(0.05)
+            logs = self.logs()
+        return logs
+
 
 def start_server(
     tls: dict[str, Path],

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import base64
 import json
-import time
 import uuid
 
 import pytest
@@ -135,13 +134,6 @@ def test_decode_either_unit(client_key: rsa.RSAPrivateKey) -> None:
 # ------------------------------------------------------------------ tier in the plaintext
 
 
-def _wait_log(endpoint: Endpoint, text: str) -> str:
-    deadline = time.monotonic() + 10
-    while text not in endpoint.logs() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    return endpoint.logs()
-
-
 def test_tier_from_plaintext_never_forwarded(
     proxied: Endpoint, upstream: FakeUpstream, client_key: rsa.RSAPrivateKey
 ) -> None:
@@ -154,12 +146,12 @@ def test_tier_from_plaintext_never_forwarded(
     sent, _ = upstream.received[-1]
     assert "security_tier" not in sent
     assert sent["temperature"] == 0.25  # control: the upstream does see the plaintext's fields
-    assert f"payload {payload_id} tier high" in _wait_log(proxied, payload_id)
+    assert f"payload {payload_id} tier high" in proxied.logs_with(payload_id)
     # our own form with the header: same tier, nothing in the plaintext
     payload_id = f"py-{uuid.uuid4().hex}"
     response = post(proxied, client_key, None, **{"X-Payload-ID": payload_id})
     assert response.status_code == 200
-    assert f"payload {payload_id} tier -" in _wait_log(proxied, payload_id)
+    assert f"payload {payload_id} tier -" in proxied.logs_with(payload_id)
 
 
 def test_tier_in_plaintext_checked(server: Endpoint, client_key: rsa.RSAPrivateKey) -> None:
