@@ -89,7 +89,11 @@ def _address(endpoint: Endpoint) -> tuple[str, int]:
 
 
 def open_upload(
-    endpoint: Endpoint, client_key: rsa.RSAPrivateKey, length: int, send: int
+    endpoint: Endpoint,
+    client_key: rsa.RSAPrivateKey,
+    length: int,
+    send: int,
+    authorization: str | None = None,
 ) -> Upload:
     """Headers for a body of ``length`` bytes, then ``send`` bytes of it, then nothing."""
     host, port = _address(endpoint)
@@ -99,7 +103,9 @@ def open_upload(
     head = (
         f"POST {COMPLETION_PATH} HTTP/1.1\r\nHost: {host}:{port}\r\n"
         f"Content-Type: application/octet-stream\r\nContent-Length: {length}\r\n"
-        f"X-Payload-ID: {uuid.uuid4()}\r\nX-Public-Key: {public}\r\n\r\n"
+        f"X-Payload-ID: {uuid.uuid4()}\r\nX-Public-Key: {public}\r\n"
+        + (f"Authorization: {authorization}\r\n" if authorization else "")
+        + "\r\n"
     )
     sock.sendall(head.encode())
     upload = Upload(sock, time.monotonic())
